@@ -1,0 +1,20 @@
+# The two commands that set up a fresh machine and run something:
+#   make quickstart   install, prepare KazQAD char-level, train on CPU, sample
+#   make test         install, run the test suite
+# Offline, point the data at a local copy first, e.g.
+#   export KAZQAD_SOURCE=../shared/kazqad TIKTOKEN_CACHE_DIR=../shared/tiktoken
+PYTHON ?= python3
+
+install:
+	$(PYTHON) -m pip install -q -r requirements.txt
+
+quickstart: install
+	$(PYTHON) data/qazdata_char/prepare.py
+	$(PYTHON) train.py config/train_qazdata_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0
+	$(PYTHON) sample.py --out_dir=out-qazdata-char --device=cpu
+	$(PYTHON) sample.py --out_dir=out-qazdata-char --device=cpu --start="Амазонка бассейні картада қайда орналасқан?:" --num_samples=1 --max_new_tokens=100
+
+test: install
+	$(PYTHON) -m pytest
+
+.PHONY: install quickstart test

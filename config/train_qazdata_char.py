@@ -1,0 +1,31 @@
+# a small character-level GPT on KazQAD's Kazakh passages, questions and answers;
+# sized for one GPU (on a laptop CPU use the smaller quick-start flags in the README)
+
+out_dir = 'out-qazdata-char'
+eval_interval = 250  # frequent: a model this size overfits a corpus this small
+eval_iters = 200
+log_interval = 10
+
+# only save when val improves: we expect to overfit
+always_save_checkpoint = False
+
+wandb_log = False
+wandb_project = 'qazdata-char'
+wandb_run_name = 'mini-gpt'
+
+dataset = 'qazdata_char'
+gradient_accumulation_steps = 1
+batch_size = 64
+block_size = 256  # up to 256 previous characters
+
+n_layer = 6
+n_head = 6
+n_embd = 384
+dropout = 0.2
+
+learning_rate = 1e-3  # small networks can take a higher rate
+max_iters = 5000
+lr_decay_iters = 5000  # usually equal to max_iters
+min_lr = 1e-4  # learning_rate / 10
+beta2 = 0.99  # a bit higher than 0.95: few tokens per iteration
+warmup_iters = 100

@@ -1,0 +1,119 @@
+"""
+Strict configuration for the scripts: defaults come from a dataclass, then each command-line
+argument is applied in order, either a Python config file or `--key=value`:
+
+    python train.py config/train_qazdata_char.py --batch_size=32 --compile=False
+
+A config file is plain Python; its top-level names are the overrides (names starting with '_',
+modules, functions and classes are ignored, so a file may import and compute). Values given as
+`--key=value` are read as Python literals, except for text keys, which take the text as it is.
+
+Strict: an unknown key is an error naming the closest known one, and a value of the wrong type is
+an error. An int is fine where a float is expected, true/false (any case) where a bool is, and
+None where the key may be None. A bare `--flag` sets a bool key to True.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common import UserError, closest, print0
+
+Config = TypeVar("Config")
+
+
+def _allowed_types(annotation: Any) -> tuple[set[type], bool]:
+    """The value types a field accepts, and whether it accepts None."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return {a for a in args if a is not type(None)}, type(None) in args
+    return {annotation}, False
+
+
+def _type_name(allowed: set[type], nullable: bool) -> str:
+    return " or ".join(sorted(t.__name__ for t in allowed) + (["None"] if nullable else []))
+
+
+def coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """The value converted to the field's type, or a UserError saying what was expected."""
+    allowed, nullable = _allowed_types(annotation)
+    if value is None or (isinstance(value, str) and value == "None" and str not in allowed):
+        if nullable:
+            return None
+    elif bool in allowed:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif str in allowed and isinstance(value, str):
+        return value
+    raise UserError(f"{key} must be {_type_name(allowed, nullable)}, got {value!r} ({type(value).__name__}) from {source}")
+
+
+def parse_cli_value(raw: str, annotation: Any) -> Any:
+    """A --key=value value: a Python literal, or the raw text where the key takes text."""
+    allowed, _ = _allowed_types(annotation)
+    if str in allowed and raw != "None":
+        return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The overrides a Python config file sets."""
+    p = Path(path)
+    if not p.is_file():
+        hint = " (options are written --key=value)" if not path.startswith("-") and "=" in path else ""
+        raise UserError(f"config file {path} not found{hint}")
+    namespace: dict[str, Any] = {}
+    try:
+        exec(compile(p.read_text(encoding="utf-8"), str(p), "exec"), namespace)
+    except Exception as e:
+        raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+
+
+def load_config(config_cls: type[Config], argv: list[str], verbose: bool = True) -> Config:
+    """An instance of config_cls with the config files and --key=value overrides of argv applied."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    values: dict[str, Any] = {}
+
+    def apply(key: str, value: Any, source: str, from_cli: bool) -> None:
+        if key not in fields:
+            raise UserError(f"unknown config key '{key}' in {source}{closest(key, fields)}")
+        if from_cli:
+            value = parse_cli_value(value, hints[key])
+        values[key] = coerce(key, value, hints[key], source)
+        if verbose:
+            print0(f"config: {key} = {values[key]!r} ({source})")
+
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, raw = arg[2:].partition("=")
+            if not sep and key in hints and hints[key] is bool:
+                raw = "True"  # a bare --flag switches a bool on
+            elif not sep:
+                raise UserError(f"option {arg} has no value: write --{key}=VALUE")
+            apply(key, raw, "the command line", from_cli=True)
+        else:
+            for key, value in read_config_file(arg).items():
+                apply(key, value, f"config file {arg}", from_cli=False)
+    return config_cls(**values)
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config as a plain dict (for checkpoints, logs and wandb)."""
+    return dataclasses.asdict(config)
+

@@ -1,0 +1,316 @@
+"""
+The GPT-2 language model: learned positions, pre-LayerNorm blocks, tanh-GELU MLPs, tied input and
+output embeddings, optional biases, dropout, and attention through scaled_dot_product_attention
+(flash attention where the device has it). Loads OpenAI's GPT-2 weights, or any GPT-2 folder
+saved by Hugging Face `transformers`, and generates with a KV cache.
+
+Generation past block_size (the window policy): the model sees at most block_size tokens with
+positions 0..block_size-1. When the window is full and one more token is needed, the context
+slides forward to its last `keep = block_size // 2` tokens, which are re-encoded from position 0
+(one prefill), and decoding continues with the cache. Every token is thus conditioned on between
+`keep` and block_size previous tokens, and the cache stays useful: one prefill per block_size/2
+new tokens instead of a full recomputation per token. `generate_without_cache` follows the same
+policy by recomputing, and is the reference that the cached path is tested against.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from common import UserError
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to block_size."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # tokens held
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        mask, causal = None, True
+        if cache is not None:
+            start = cache.length
+            cache.k[layer, :, :, start : start + T] = k
+            cache.v[layer, :, :, start : start + T] = v
+            k = cache.k[layer, :, :, : start + T]  # (B, nh, start+T, hs)
+            v = cache.v[layer, :, :, : start + T]
+            if start > 0:  # queries at positions start.. see every cached key and the causal part of their own
+                causal = False
+                mask = None if T == 1 else torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU; keeps parity with its weights
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the residual projections: std 0.02/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; position embeddings are left out by default, as in the scaling-law papers
+        (token embeddings stay in: they are tied to the output layer)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
+        """Logits for every position and the mean cross-entropy when targets are given (-1 is
+        ignored); otherwise logits for the last position only, which is all sampling needs."""
+        B, T = idx.size()
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.length += T
+        if targets is not None:
+            logits = self.lm_head(x)  # (B, T, vocab)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return logits, loss
+        return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab)
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context window, e.g. to finetune GPT-2 (1024) with a smaller block_size."""
+        if block_size > self.config.block_size:
+            raise UserError(f"block_size {block_size} is larger than the model's {self.config.block_size}: use --block_size={self.config.block_size} or less")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dropout: float = 0.0) -> "GPT":
+        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) from the Hugging Face hub, or a
+        local folder holding a transformers GPT2LMHeadModel."""
+        from transformers import GPT2LMHeadModel
+
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+        except Exception as e:
+            where = "folder" if Path(name_or_path).exists() else "model"
+            raise UserError(f"could not load the GPT-2 {where} '{name_or_path}' ({type(e).__name__}); offline, pass a local "
+                            "folder saved by transformers' GPT2LMHeadModel.save_pretrained") from None
+        c = hf.config
+        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise UserError(f"'{name_or_path}' uses activation '{c.activation_function}'; this GPT implements GPT-2's tanh GELU")
+        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                           n_embd=c.n_embd, dropout=dropout, bias=True)
+        model = cls(config)
+        sd = model.state_dict()
+        # transformers keeps GPT-2's Conv1D layers, whose weights are the transpose of nn.Linear's
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        hf_sd = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        missing = set(sd) - set(hf_sd)
+        if missing:
+            raise UserError(f"'{name_or_path}' lacks weights {sorted(missing)[:3]}: it is not a GPT-2 checkpoint")
+        with torch.no_grad():
+            for k, v in hf_sd.items():
+                if k in sd:
+                    sd[k].copy_(v.t() if k.endswith(transposed) else v)
+        return model
+
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device: str):
+        """AdamW with weight decay on matrices (matmul weights, embeddings) and none on biases and
+        LayerNorm gains; the fused kernel where this device has one."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        use_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.startswith("cuda")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if use_fused else {}))
+
+    def flops_per_token(self, seq_len: Optional[int] = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 per parameter plus attention's
+        12 * n_layer * n_embd * seq_len (PaLM paper, appendix B)."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
+
+    def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
+        """Model FLOPs utilization: achieved training FLOP/s over the device's peak."""
+        return self.flops_per_token() * tokens_per_second / peak_flops
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """idx (B, T) followed by max_new_tokens sampled tokens; see generate_tokens for options."""
+        new = list(generate_tokens(self, idx, max_new_tokens, **kwargs))
+        return torch.cat([idx, *new], dim=1)
+
+    def model_args(self) -> dict:
+        return asdict(self.config)
+
+
+# -----------------------------------------------------------------------------
+# sampling: small pure functions, composed by generate_tokens
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                      top_p: Optional[float] = None, greedy: bool = False,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One token per row of logits (B, vocab) -> (B, 1)."""
+    if greedy:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def prefill(model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Encode a whole context into an empty cache; logits (B, vocab) for the next token."""
+    cache.reset()
+    return model(idx, cache=cache)[0][:, -1, :]
+
+
+def decode_one_token(model: GPT, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Append one token (B, 1) to the cache; logits (B, vocab) for the next token."""
+    return model(token, cache=cache)[0][:, -1, :]
+
+
+def _model_dtype(model: GPT, idx: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(idx.device.type):
+        return torch.get_autocast_dtype(idx.device.type)
+    return model.lm_head.weight.dtype
+
+
+@torch.no_grad()
+def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
+                    generator: Optional[torch.Generator] = None, decode_step=decode_one_token) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens new tokens (B, 1) one at a time, with a KV cache and the window policy
+    described at the top of this file. `decode_step` may be a compiled decode_one_token."""
+    block = model.config.block_size
+    keep = max(1, block // 2)
+    cache = KVCache(model.config, idx.size(0), idx.device, _model_dtype(model, idx))
+    tokens = idx
+    logits = prefill(model, tokens[:, -block:], cache)
+    for _ in range(max_new_tokens):
+        nxt = sample_next_token(logits, temperature, top_k, top_p, greedy, generator)
+        yield nxt
+        tokens = torch.cat([tokens, nxt], dim=1)
+        if cache.length == block:  # the window is full: slide it to the last `keep` tokens
+            logits = prefill(model, tokens[:, -keep:], cache)
+        else:
+            logits = decode_step(model, nxt, cache)
+
+
+@torch.no_grad()
+def generate_without_cache(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                           top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
+                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The reference for generate_tokens: the same window policy, recomputing the whole context
+    for every new token."""
+    block = model.config.block_size
+    keep = max(1, block // 2)
+    start = max(0, idx.size(1) - block)  # the window's first token
+    tokens = idx
+    for _ in range(max_new_tokens):
+        if tokens.size(1) - start > block:
+            start = tokens.size(1) - keep
+        logits = model(tokens[:, start:])[0][:, -1, :]
+        nxt = sample_next_token(logits, temperature, top_k, top_p, greedy, generator)
+        tokens = torch.cat([tokens, nxt], dim=1)
+    return tokens

@@ -1,0 +1,70 @@
+"""Shared test helpers: where ../shared is, a small KazQAD-schema fixture, and running the
+repo's scripts as a user would (a subprocess from the repo root)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KAZGPT_SHARED", REPO.parent / "shared"))
+KAZQAD_DIR = SHARED / "kazqad"
+KAZQAD_VAL = KAZQAD_DIR / "kazqad-reading-comprehension-v1.0-kk-validation.jsonl"
+
+sys.path.insert(0, str(REPO))
+if (SHARED / "tiktoken").is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
+os.environ.pop("KAZQAD_SOURCE", None)  # each test names its source
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds; deselect with -m 'not slow'")
+
+
+@pytest.fixture
+def shared_kazqad() -> Path:
+    if not KAZQAD_VAL.exists():
+        pytest.skip(f"no KazQAD copy at {KAZQAD_DIR} (set KAZGPT_SHARED to the shared folder)")
+    return KAZQAD_DIR
+
+
+KAZAKH_LETTERS = "әғқңөұүһі ӘҒҚҢӨҰҮҺІ"
+
+
+def make_examples(n_passages: int = 12, questions_per_passage: int = 2) -> list[dict]:
+    """Small KazQAD-schema examples with every Kazakh-specific letter."""
+    rows = []
+    for p in range(n_passages):
+        context = (f"Бұл {p}-мәтін. Қазақстан Орталық Азияда орналасқан. Оның астанасы Астана. "
+                   f"Әріптер: {KAZAKH_LETTERS}. Өзен ұзындығы {100 + p} шақырым, ағысы күшті. ") * 3
+        for q in range(questions_per_passage):
+            rows.append({"id": f"{p}_{q}", "title": f"Тақырып {p}", "context": context,
+                         "question": f"Өзеннің ұзындығы қанша ({q})?",
+                         "answers": {"text": [f"{100 + p} шақырым"], "answer_start": [0]}})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run(script: str, *args: str, env: dict | None = None, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """python <script> <args> from the repo root; check=True asserts exit 0 and shows stderr otherwise."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def read_log(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+TINY_MODEL = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
+              "--batch_size=8", "--gradient_accumulation_steps=1", "--dropout=0.0", "--eval_iters=4", "--log_interval=1",
+              "--warmup_iters=5", "--learning_rate=3e-3", "--min_lr=3e-4"]

@@ -1,0 +1,80 @@
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+
+from common import UserError
+from configurator import load_config
+
+
+@dataclass
+class Cfg:
+    out_dir: str = "out"
+    batch_size: int = 12
+    learning_rate: float = 6e-4
+    compile: Optional[bool] = None
+    decay_lr: bool = True
+    top_k: Optional[int] = 200
+    device: Optional[str] = None
+
+
+def test_defaults_and_cli_overrides():
+    cfg = load_config(Cfg, ["--batch_size=32", "--learning_rate=1", "--compile=False", "--decay_lr=false",
+                            "--top_k=None", "--out_dir=123", "--device=cpu"], verbose=False)
+    assert cfg == Cfg(out_dir="123", batch_size=32, learning_rate=1.0, compile=False, decay_lr=False, top_k=None, device="cpu")
+    assert isinstance(cfg.learning_rate, float)
+
+
+def test_bare_flag_sets_bool(tmp_path):
+    assert load_config(Cfg, ["--decay_lr=False", "--decay_lr"], verbose=False).decay_lr is True
+
+
+def test_config_file_then_cli_in_order(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("import math\n_private = 3\nbatch_size = 2 * 8\nlearning_rate = math.sqrt(4) / 1000\ndef helper(): pass\n")
+    cfg = load_config(Cfg, [str(f), "--batch_size=4"], verbose=False)
+    assert (cfg.batch_size, cfg.learning_rate) == (4, 0.002)
+    assert load_config(Cfg, ["--batch_size=4", str(f)], verbose=False).batch_size == 16
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch_sise=3"], "unknown config key 'batch_sise' in the command line (did you mean 'batch_size'?)"),
+    (["--batch_size=3.5"], "batch_size must be int, got 3.5"),
+    (["--batch_size=True"], "batch_size must be int"),
+    (["--learning_rate=fast"], "learning_rate must be float"),
+    (["--decay_lr=2"], "decay_lr must be bool"),
+    (["--batch_size=None"], "batch_size must be int, got None"),
+    (["--batch_size"], "option --batch_size has no value"),
+    (["missing_config.py"], "config file missing_config.py not found"),
+])
+def test_rejected(argv, message):
+    with pytest.raises(UserError, match=None) as e:
+        load_config(Cfg, argv, verbose=False)
+    assert message in str(e.value)
+
+
+def test_config_file_errors(tmp_path):
+    bad_key = tmp_path / "bad_key.py"
+    bad_key.write_text("learning_rte = 1e-3\n")
+    with pytest.raises(UserError, match=r"unknown config key 'learning_rte' in config file .*did you mean 'learning_rate'"):
+        load_config(Cfg, [str(bad_key)], verbose=False)
+    raises = tmp_path / "raises.py"
+    raises.write_text("batch_size = 1 / 0\n")
+    with pytest.raises(UserError, match="config file .*raises.py failed: ZeroDivisionError"):
+        load_config(Cfg, [str(raises)], verbose=False)
+    wrong_type = tmp_path / "wrong.py"
+    wrong_type.write_text("batch_size = '12'\n")
+    with pytest.raises(UserError, match="batch_size must be int, got '12'"):
+        load_config(Cfg, [str(wrong_type)], verbose=False)
+
+
+def test_repo_configs_load():
+    """Every config file in config/ loads against train.py's defaults."""
+    from pathlib import Path
+
+    from train import TrainConfig
+
+    configs = sorted((Path(__file__).parents[1] / "config").glob("*.py"))
+    assert len(configs) >= 7
+    for path in configs:
+        load_config(TrainConfig, [str(path)], verbose=False)

@@ -1,0 +1,94 @@
+"""model.py against references: Hugging Face's GPT-2, and generation with a KV cache against
+full recomputation under the same window policy."""
+import pytest
+import torch
+
+from model import GPT, GPTConfig, generate_tokens, generate_without_cache, sample_next_token
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=97)
+    hf = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():  # random biases and LayerNorm gains, so that every weight is checked
+        for name, p in hf.named_parameters():
+            if p.dim() == 1:
+                p.normal_(0, 0.1 if name.endswith("bias") else 1.0)
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    hf.save_pretrained(folder)
+    return folder, hf.eval()
+
+
+def test_hugging_face_parity(hf_folder):
+    folder, hf = hf_folder
+    model = GPT.from_pretrained(str(folder)).eval()
+    idx = torch.randint(0, 97, (3, 40), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(0, 97, (3, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits, loss = model(idx, targets)
+        ref = hf(idx, labels=None)
+        ref_loss = torch.nn.functional.cross_entropy(ref.logits.view(-1, 97), targets.view(-1))
+    assert (logits - ref.logits).abs().max().item() < 1e-5
+    assert abs(loss.item() - ref_loss.item()) < 1e-6
+
+
+def test_crop_block_size(hf_folder):
+    folder, hf = hf_folder
+    model = GPT.from_pretrained(str(folder)).eval()
+    model.crop_block_size(16)
+    idx = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        logits, _ = model(idx, idx)
+        assert (logits - hf(idx).logits).abs().max().item() < 1e-5
+
+
+def small_model(block_size=24, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=block_size, vocab_size=50, n_layer=2, n_head=4, n_embd=32, bias=True)).eval()
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5, 30])  # 30 > block_size: the prompt itself is windowed
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_kv_cache_matches_recomputation(prompt_len, mode):
+    model = small_model()
+    idx = torch.randint(0, 50, (2, prompt_len), generator=torch.Generator().manual_seed(3))
+    kwargs = dict(greedy=True) if mode == "greedy" else dict(temperature=0.9, top_k=20, top_p=0.95)
+    n_new = 70  # the 24-token window slides several times
+    cached = torch.cat([idx, *generate_tokens(model, idx, n_new, generator=torch.Generator().manual_seed(4), **kwargs)], dim=1)
+    reference = generate_without_cache(model, idx, n_new, generator=torch.Generator().manual_seed(4), **kwargs)
+    assert torch.equal(cached, reference)
+
+
+def test_cached_logits_match_full_forward():
+    """Each decode step's logits equal a full forward over the same window."""
+    from model import KVCache, decode_one_token, prefill
+
+    model = small_model()
+    tokens = torch.randint(0, 50, (1, 20))
+    cache = KVCache(model.config, 1, "cpu", torch.float32)
+    logits = prefill(model, tokens[:, :8], cache)
+    for t in range(8, 20):
+        full = model(tokens[:, :t])[0][:, -1, :]
+        assert (logits - full).abs().max().item() < 1e-5
+        logits = decode_one_token(model, tokens[:, t : t + 1], cache)
+
+
+def test_sample_next_token_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]]).repeat(500, 1)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_next_token(logits, top_k=2, generator=gen).flatten().tolist()) == {3, 4}
+    # softmax of 0..4: the top token alone has p=0.636, the top two 0.87
+    assert set(sample_next_token(logits, top_p=0.6, generator=gen).flatten().tolist()) == {4}
+    assert set(sample_next_token(logits, top_p=0.8, generator=gen).flatten().tolist()) == {3, 4}
+    assert sample_next_token(logits[:1], greedy=True).item() == 4
+
+
+def test_loss_and_generate_shapes():
+    model = small_model()
+    idx = torch.randint(0, 50, (2, 24))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (2, 24, 50) and loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
+    assert model(idx)[0].shape == (2, 1, 50)
+    assert model.generate(idx[:, :3], 40, greedy=True).shape == (2, 43)
