@@ -249,6 +249,7 @@ def tokenizer_from_spec(spec: dict):
 # KazQAD: reading a source and laying it out as training text
 
 KAZQAD_HUB_ID = ("issai/kazqad", "kazqad")
+NQ_TRANSLATE_HUB_ID = ("issai/kazqad", "nq-translate-kk")  # ~61k machine-translated triples, same schema
 KAZQAD_SOURCE_ENV = "KAZQAD_SOURCE"
 KAZQAD_FIELDS = ("title", "context", "question", "answers")
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "test": "test"}
@@ -263,8 +264,17 @@ def format_qa(question: str, answer: str = "") -> str:
     return f"{question}:" + (f" {answer}\n" if answer else "")
 
 
-def kazqad_documents(examples: Iterable[dict]) -> list[str]:
-    """The training layout, one document per distinct passage:
+def kazqad_passages(examples: Iterable[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Examples grouped by passage (title, context), NFC-normalized, in order of first appearance."""
+    passages: dict[tuple[str, str], list[dict]] = {}
+    for ex in examples:
+        key = (nfc(ex.get("title") or "").strip(), nfc(ex["context"]).strip())
+        passages.setdefault(key, []).append(ex)
+    return passages
+
+
+def passage_document(title: str, context: str, examples: list[dict]) -> str:
+    """One document of the training layout:
 
         <title>
         <passage>
@@ -274,14 +284,20 @@ def kazqad_documents(examples: Iterable[dict]) -> list[str]:
     A passage shared by several examples is written once, followed by all its questions, so that
     a prompt '<question>:' leads the model into ' <answer>' and a newline ends the answer.
     """
-    docs: dict[tuple[str, str], list[str]] = {}
+    qas = []
     for ex in examples:
-        title, context = nfc(ex.get("title") or "").strip(), nfc(ex["context"]).strip()
         answers = ex["answers"]["text"]
-        answer = nfc(answers[0]).strip() if answers else ""
-        qa = format_qa(" ".join(nfc(ex["question"]).split()), answer or "-")
-        docs.setdefault((title, context), []).append(qa)
-    return [(f"{t}\n" if t else "") + f"{c}\n" + "".join(qas) for (t, c), qas in docs.items()]
+        qas.append(format_qa(clean_question(ex["question"]), (nfc(answers[0]).strip() if answers else "") or "-"))
+    return (f"{title}\n" if title else "") + f"{context}\n" + "".join(qas)
+
+
+def clean_question(question: str) -> str:
+    return " ".join(nfc(question).split())
+
+
+def kazqad_documents(examples: Iterable[dict]) -> list[str]:
+    """The training text of KazQAD examples: one document per distinct passage (passage_document)."""
+    return [passage_document(t, c, exs) for (t, c), exs in kazqad_passages(examples).items()]
 
 
 def _read_text_file(path: Path) -> str:
@@ -319,10 +335,10 @@ def split_of(path: Path) -> str:
     return "train"
 
 
-def read_kazqad_examples(source: Optional[str]) -> dict[str, list[dict]]:
+def read_kazqad_examples(source: Optional[str], hub_id: tuple[str, str] = KAZQAD_HUB_ID) -> dict[str, list[dict]]:
     """KazQAD examples by split, from the hub or from a local JSON Lines file or folder."""
     if source is None:
-        return _download_kazqad()
+        return _download_kazqad(hub_id)
     path = Path(source).expanduser()
     if not path.exists():
         raise UserError(f"--source {source} does not exist: pass a KazQAD JSON Lines file or folder, or a .txt file")
@@ -337,14 +353,16 @@ def read_kazqad_examples(source: Optional[str]) -> dict[str, list[dict]]:
     return splits
 
 
-def _download_kazqad() -> dict[str, list[dict]]:
+def _download_kazqad(hub_id: tuple[str, str]) -> dict[str, list[dict]]:
     try:
         from datasets import load_dataset
 
-        ds = load_dataset(*KAZQAD_HUB_ID)
+        ds = load_dataset(*hub_id)
     except Exception as e:
-        raise UserError(f"could not load {'/'.join(KAZQAD_HUB_ID)} from the Hugging Face hub ({type(e).__name__}); "
-                        f"offline, pass a local copy: --source=PATH (KazQAD JSON Lines file or folder, or a .txt file) or set {KAZQAD_SOURCE_ENV}=PATH") from None
+        flag = "--source=PATH" if hub_id == KAZQAD_HUB_ID else "--nq_source=PATH"
+        raise UserError(f"could not load {'/'.join(hub_id)} from the Hugging Face hub ({type(e).__name__}); "
+                        f"offline, pass a local copy: {flag} (KazQAD JSON Lines file or folder{', or a .txt file' if hub_id == KAZQAD_HUB_ID else ''})"
+                        + (f" or set {KAZQAD_SOURCE_ENV}=PATH" if hub_id == KAZQAD_HUB_ID else "")) from None
     return {SPLIT_NAMES.get(name, name): list(split) for name, split in ds.items()}
 
 
@@ -358,13 +376,24 @@ def split_documents(docs: list[str], val_fraction: float = 0.1) -> tuple[list[st
     return [d for i, d in enumerate(docs) if i not in val_ids], [d for i, d in enumerate(docs) if i in val_ids]
 
 
-def load_kazqad_text(source: Optional[str]) -> tuple[list[str], list[str], str]:
+def load_kazqad_text(source: Optional[str], nq_translate: bool = False, nq_source: Optional[str] = None) -> tuple[list[str], list[str], str]:
     """Train and val documents from any supported source, and a line describing how they were split.
 
     KazQAD with a train and a validation split: those splits (so val questions are never trained
     on; the test split is left out for evaluation). One split only, or a plain .txt corpus
-    (documents separated by blank lines): a 90/10 split by document."""
-    source = source if source is not None else os.environ.get(KAZQAD_SOURCE_ENV)
+    (documents separated by blank lines): a 90/10 split by document. With nq_translate, the
+    nq-translate-kk subset (hub, or nq_source) is added to the training documents only."""
+    train, val, how = _load_main_text(source)
+    if nq_translate or nq_source:
+        extra = read_kazqad_examples(nq_source, NQ_TRANSLATE_HUB_ID)
+        extra_docs = kazqad_documents(ex for rows in extra.values() for ex in rows)
+        train = train + extra_docs
+        how += f"; nq-translate-kk: {len(extra_docs)} passages added to train"
+    return train, val, how
+
+
+def _load_main_text(source: Optional[str]) -> tuple[list[str], list[str], str]:
+    source = source if source is not None else (os.environ.get(KAZQAD_SOURCE_ENV) or None)
     if source is not None and Path(source).suffix == ".txt" and Path(source).is_file():
         text = nfc(_read_text_file(Path(source)))
         docs = [d.strip() + "\n" for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
@@ -379,32 +408,80 @@ def load_kazqad_text(source: Optional[str]) -> tuple[list[str], list[str], str]:
     return train, val, f"KazQAD {'+'.join(sorted(splits))}: {len(train) + len(val)} passages, split 90/10 by passage"
 
 
+def kazqad_arg_parser(doc: str):
+    """The options every KazQAD prepare script takes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default=None, help=f"KazQAD JSON Lines file or folder, or a .txt corpus (default: ${KAZQAD_SOURCE_ENV}, else the hub)")
+    parser.add_argument("--nq_translate", action="store_true", help="add the nq-translate-kk subset (~61k translated triples) to the training split")
+    parser.add_argument("--nq_source", default=None, help="a local copy of nq-translate-kk (JSON Lines file or folder); implies --nq_translate")
+    parser.add_argument("--out_dir", default=None, help="where to write the files (default: the script's folder)")
+    return parser
+
+
+def encode_documents(docs: list[str], tokenizer, desc: str) -> tuple[list[int], int]:
+    """Token ids of the documents and their UTF-8 byte count. Documents are separated by the
+    tokenizer's end-of-text token, or by a blank line where it has none (char-level)."""
+    from tqdm import tqdm
+
+    ids: list[int] = []
+    n_bytes = 0
+    for i, doc in enumerate(tqdm(docs, desc=desc, unit="doc", leave=False)):
+        if tokenizer.eot_token is None and i > 0:
+            doc = "\n" + doc  # a blank line between documents: each ends in a newline already
+        ids.extend(tokenizer.encode(doc))
+        n_bytes += len(doc.encode("utf-8"))
+        if tokenizer.eot_token is not None:
+            ids.append(tokenizer.eot_token)
+    return ids, n_bytes
+
+
+def write_kazqad_dataset(out_dir: Path, train_docs: list[str], val_docs: list[str], tokenizer) -> None:
+    """Encode and write a KazQAD dataset, and report its size and characters per token."""
+    train_ids, _ = encode_documents(train_docs, tokenizer, "train")
+    val_ids, val_bytes = encode_documents(val_docs, tokenizer, "val")
+    write_dataset(out_dir, train_ids, val_ids, tokenizer, val_bytes)
+    val_chars = sum(len(d) for d in val_docs)
+    print(f"{len(train_ids):,} train and {len(val_ids):,} val tokens, vocabulary of {tokenizer.vocab_size}, "
+          f"{val_chars / len(val_ids):.2f} characters per token on val: wrote {out_dir}/train.bin, val.bin, meta.json")
+
+
 # -----------------------------------------------------------------------------
 # prepared datasets: data/<name>/{train.bin,val.bin,meta.json}
 
 
-def prepare_out_dir(path: str) -> Path:
-    """The folder a prepare script writes to, created if needed."""
-    out = Path(path)
+UINT16_VOCAB = 65536  # token ids 0..65535
+
+
+def prepare_out_dir(path: Optional[str], script: str) -> Path:
+    """The folder a prepare script writes to (default: the script's own folder), created if needed."""
+    out = Path(path) if path else Path(script).resolve().parent
     if out.exists() and not out.is_dir():
         raise UserError(f"--out_dir {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def write_dataset(out_dir: Path, train_ids, val_ids, tokenizer, val_text_bytes: int, extra: Optional[dict] = None) -> None:
-    """Write uint16 train.bin/val.bin and meta.json (tokenizer spec, token counts, val bytes)."""
+def write_dataset(out_dir: Path, train_ids, val_ids, tokenizer, val_text_bytes: int) -> None:
+    """Write uint16 train.bin/val.bin and their meta.json."""
     import numpy as np
 
-    if tokenizer.vocab_size > 65536:
-        raise UserError(f"vocabulary of {tokenizer.vocab_size} does not fit uint16 token files (at most 65536)")
+    if tokenizer.vocab_size > UINT16_VOCAB:
+        raise UserError(f"vocabulary of {tokenizer.vocab_size} does not fit uint16 token files (at most {UINT16_VOCAB})")
     counts = {}
     for split, ids in (("train", train_ids), ("val", val_ids)):
         arr = np.asarray(ids, dtype=np.uint16)
         arr.tofile(out_dir / f"{split}.bin")
         counts[split] = len(arr)
-    meta = {"vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.spec, "train_tokens": counts["train"],
-            "val_tokens": counts["val"], "val_bytes": val_text_bytes, **(extra or {})}
+    write_meta(out_dir, tokenizer.spec, tokenizer.vocab_size, counts, val_text_bytes)
+
+
+def write_meta(out_dir: Path, tokenizer_spec: dict, vocab_size: int, counts: dict[str, int], val_text_bytes: int) -> None:
+    """meta.json: the tokenizer, the token counts (checked against the .bin files when training)
+    and the val text's UTF-8 bytes (for bits per byte)."""
+    meta = {"vocab_size": vocab_size, "tokenizer": tokenizer_spec, "train_tokens": counts["train"],
+            "val_tokens": counts["val"], "val_bytes": val_text_bytes}
     (out_dir / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
@@ -486,7 +563,7 @@ def load_checkpoint(path: Path, map_location: str = "cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); use another checkpoint or retrain") from None
+        raise UserError(f"checkpoint {path} is corrupt or truncated, or holds objects that weights-only loading refuses ({type(e).__name__}); use another checkpoint or retrain") from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         found = ckpt.get("version") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"checkpoint {path} has format version {found!r}, this code reads version {CHECKPOINT_VERSION}; retrain or use a matching version of this repo")

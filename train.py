@@ -183,6 +183,8 @@ def prepare_out_dir(out_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"out_dir {out_dir} is not writable ({e.strerror}): choose another --out_dir") from None
+    for stale in out_dir.glob(".*.pt.tmp*"):  # left by a run killed while saving
+        stale.unlink()
 
 
 def main() -> int:
@@ -193,9 +195,12 @@ def main() -> int:
 
     # ---- processes and devices ----
     ddp = int(os.environ.get("RANK", -1)) != -1
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1
+    if cfg.gradient_accumulation_steps % world_size:
+        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by the number of processes ({world_size}): it counts micro-steps over all of them")
     device = resolve_device(cfg.device)
     if ddp:
-        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
@@ -204,10 +209,8 @@ def main() -> int:
             print0(f"DDP on {device}: using the gloo backend instead of {cfg.backend}")
         dist.init_process_group(backend=backend)
     else:
-        rank, local_rank, world_size = 0, 0, 1
+        rank, local_rank = 0, 0
     master = rank == 0
-    if cfg.gradient_accumulation_steps % world_size:
-        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by the number of processes ({world_size}): it counts micro-steps over all of them")
     accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-steps per process
     dtype = resolve_dtype(cfg.dtype, device)
     use_compile = device.startswith("cuda") if cfg.compile is None else cfg.compile
@@ -235,7 +238,8 @@ def main() -> int:
         prepare_out_dir(out_dir)
     iter_num, best_val_loss, checkpoint = 0, float("inf"), None
     if cfg.init_from == "scratch":
-        model_config = GPTConfig(block_size=cfg.block_size, vocab_size=meta["vocab_size"], n_layer=cfg.n_layer,
+        padded_vocab = -(-meta["vocab_size"] // 64) * 64  # a multiple of 64 makes the output matmul faster on GPUs
+        model_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab, n_layer=cfg.n_layer,
                                  n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
         model = GPT(model_config)
     elif cfg.init_from == "resume":
@@ -399,17 +403,20 @@ def main() -> int:
             record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "loss": lossf, "lr": lr,
                     "ms": dt * 1000, "mfu": running_mfu if running_mfu >= 0 else None})
 
-        stop_now = torch.tensor(float(stop.signum), device=device)
+        signum = stop.signum
         if ddp:  # every process must agree to stop, or the next collective would hang
-            dist.all_reduce(stop_now, op=dist.ReduceOp.MAX)
-        if stop_now.item():
+            flag = torch.tensor(signum, device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        if signum:
             save("ckpt.pt")
             print0(f"stopped at iteration {iter_num}: checkpoint saved to {out_dir / 'ckpt.pt'}; continue with --init_from=resume")
-            signum = int(stop_now.item())
             break
 
     if run_log:
         run_log.close()
+    if cfg.wandb_log and master:
+        wandb.finish()
     if ddp:
         dist.destroy_process_group()
     return 128 + signum if signum else 0

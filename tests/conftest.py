@@ -52,10 +52,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def run(script: str, *args: str, env: dict | None = None, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+def run(script: str, *args: str, env: dict | None = None, timeout: int = 600, check: bool = True,
+        input_text: str | None = None) -> subprocess.CompletedProcess:
     """python <script> <args> from the repo root; check=True asserts exit 0 and shows stderr otherwise."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL)
     if check:
         assert proc.returncode == 0, f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc

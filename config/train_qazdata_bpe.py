@@ -1,0 +1,26 @@
+# a small GPT on KazQAD with the Kazakh byte-level BPE (data/qazdata_bpe/prepare.py);
+# the quick-start model size, trains in minutes on a 2-core CPU:
+# python train.py config/train_qazdata_bpe.py --device=cpu
+
+out_dir = 'out-qazdata-bpe'
+eval_interval = 250
+eval_iters = 20
+log_interval = 10
+always_save_checkpoint = False
+
+dataset = 'qazdata_bpe'
+gradient_accumulation_steps = 1
+batch_size = 12
+block_size = 64  # 64 tokens: about 250 characters of Kazakh
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+
+learning_rate = 1e-3
+max_iters = 2000
+lr_decay_iters = 2000
+min_lr = 1e-4
+beta2 = 0.99
+warmup_iters = 100

@@ -1,0 +1,61 @@
+"""
+KazQAD with a Kazakh tokenizer: trains a byte-level BPE (Hugging Face `tokenizers`) on the train
+split only, saves it as tokenizer.json beside train.bin/val.bin (uint16 ids, <|endoftext|>
+between documents) and meta.json, and prints characters per token on val for this tokenizer
+and for GPT-2's.
+
+    python data/qazdata_bpe/prepare.py --source=../shared/kazqad --vocab_size=8192
+
+Byte-level: any text encodes, nothing is unknown. Sources, layout and split are those of
+data/qazdata_char/prepare.py. KazQAD (Yeshpanov et al., 2024) is licensed CC BY-SA 4.0.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from common import (UINT16_VOCAB, HFTokenizer, TiktokenTokenizer, UserError, kazqad_arg_parser,  # noqa: E402
+                    load_kazqad_text, prepare_out_dir, run_main, write_kazqad_dataset)
+
+EOT = "<|endoftext|>"
+
+
+def train_bpe(docs: list[str], vocab_size: int) -> str:
+    """A byte-level BPE trained on docs, as tokenizer.json text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=True,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    return tokenizer.to_str()
+
+
+def main() -> None:
+    parser = kazqad_arg_parser(__doc__)
+    parser.add_argument("--vocab_size", type=int, default=8192, help=f"BPE vocabulary size, 257 to {UINT16_VOCAB} (uint16 ids)")
+    args = parser.parse_args()
+    if not 257 <= args.vocab_size <= UINT16_VOCAB:
+        raise UserError(f"--vocab_size={args.vocab_size} is out of range: a byte-level BPE needs at least 257 entries, and uint16 token files hold at most {UINT16_VOCAB}")
+    out_dir = prepare_out_dir(args.out_dir, __file__)
+    train_docs, val_docs, how = load_kazqad_text(args.source, args.nq_translate, args.nq_source)
+    print(how)
+    tokenizer_json = train_bpe(train_docs, args.vocab_size)
+    (out_dir / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    tokenizer = HFTokenizer(tokenizer_json)
+    # meta.json names the tokenizer file rather than holding its text; checkpoints embed the text
+    tokenizer.spec = {"kind": "hf", "file": "tokenizer.json"}
+    write_kazqad_dataset(out_dir, train_docs, val_docs, tokenizer)
+
+    val_text = "".join(val_docs)
+    ours = len(val_text) / len(tokenizer.encode(val_text))
+    try:
+        gpt2 = len(val_text) / len(TiktokenTokenizer("gpt2").encode(val_text))
+        print(f"characters per token on val: Kazakh BPE {ours:.2f}, GPT-2 BPE {gpt2:.2f} ({ours / gpt2:.1f}x)")
+    except UserError as e:
+        print(f"characters per token on val: Kazakh BPE {ours:.2f} (GPT-2 BPE not available: {e})")
+
+
+if __name__ == "__main__":
+    run_main(main)

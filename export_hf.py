@@ -1,0 +1,112 @@
+"""
+Export a checkpoint to a Hugging Face `transformers` folder: a GPT2LMHeadModel (config.json,
+model.safetensors) with its tokenizer, ready for `transformers.pipeline("text-generation", model=folder)`.
+
+    python export_hf.py --out_dir=out-qazdata-char --export_dir=hf-qazdata-char
+
+Tokenizers: GPT-2 BPE -> GPT-2's own vocab.json/merges.txt (GPT2TokenizerFast, from tiktoken's
+cached files); the Kazakh BPE -> its tokenizer.json (PreTrainedTokenizerFast); char-level -> an
+equivalent tokenizer.json (PreTrainedTokenizerFast): a BPE model with one entry per character and
+no merges, so every character is one token with the same id as in this repo, and a Fuse decoder
+that joins tokens without spaces. Models trained without biases get zero biases (the same function).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import configurator
+from common import UserError, find_checkpoint, load_checkpoint, run_main, tokenizer_from_spec
+from model import GPT, GPTConfig
+
+GPT2_FILES = {  # where tiktoken fetches GPT-2's BPE files; with TIKTOKEN_CACHE_DIR they come from its cache
+    "merges.txt": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "vocab.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+EOT = "<|endoftext|>"
+
+
+@dataclass
+class ExportConfig:
+    out_dir: str = "out"
+    checkpoint: str = "best.pt"
+    export_dir: str = "hf-export"
+
+
+def to_transformers(model: GPT, eot_token: Optional[int]):
+    """A transformers GPT2LMHeadModel with this model's weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                           n_head=c.n_head, activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+                           tie_word_embeddings=True, bos_token_id=eot_token, eos_token_id=eot_token)
+    hf = GPT2LMHeadModel(hf_config)
+    ours = model.state_dict()
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    with torch.no_grad():
+        for name, tensor in hf.state_dict().items():
+            if name.endswith((".attn.bias", ".attn.masked_bias")):
+                continue
+            if name in ours:
+                tensor.copy_(ours[name].t() if name.endswith(transposed) else ours[name])
+            elif name.endswith(".bias"):  # trained with bias=False
+                tensor.zero_()
+            else:
+                raise UserError(f"no weight for {name} in the checkpoint")
+    return hf
+
+
+def char_tokenizer_json(chars: str) -> str:
+    from tokenizers import Tokenizer, decoders, models
+
+    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer.to_str()
+
+
+def save_tokenizer(spec: dict, folder: Path) -> None:
+    from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
+
+    if spec["kind"] == "tiktoken":
+        if spec["name"] != "gpt2":
+            raise UserError(f"only the gpt2 tiktoken encoding can be exported, not {spec['name']}")
+        from tiktoken.load import read_file_cached
+
+        for name, url in GPT2_FILES.items():
+            (folder / name).write_bytes(read_file_cached(url))
+        tokenizer = GPT2TokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    else:
+        tokenizer_json = spec["tokenizer_json"] if spec["kind"] == "hf" else char_tokenizer_json(spec["chars"])
+        from tokenizers import Tokenizer
+
+        special = {"eos_token": EOT, "bos_token": EOT} if spec["kind"] == "hf" else {}
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json), **special)
+    tokenizer.save_pretrained(folder)
+
+
+def main() -> None:
+    cfg = configurator.load_config(ExportConfig, sys.argv[1:], verbose=False)
+    ckpt = load_checkpoint(find_checkpoint(Path(cfg.out_dir), cfg.checkpoint))
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    folder = Path(cfg.export_dir)
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} exists and is not empty: choose a new --export_dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    eot_token = tokenizer_from_spec(ckpt["tokenizer"]).eot_token
+    to_transformers(model, eot_token).save_pretrained(folder, safe_serialization=True)
+    save_tokenizer(ckpt["tokenizer"], folder)
+    (folder / "kazgpt_export.json").write_text(json.dumps({"source": str(find_checkpoint(Path(cfg.out_dir), cfg.checkpoint)),
+                                                           "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]["kind"]}))
+    print(f"exported {sorted(p.name for p in folder.iterdir())} to {folder}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,80 @@
+"""
+Draw a run's loss curves from out_dir/log.jsonl (written by train.py) to a PNG:
+
+    python plot.py --out_dir=out-qazdata-char                  # -> out-qazdata-char/loss.png
+    python plot.py --out_dir=out-qazdata-char --png=assets/quickstart_loss.png --title="char quick start"
+
+Per-iteration training loss (light), evaluated train and val loss (points), and val bits per
+byte on a second axis when the dataset records its val bytes.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import configurator
+from common import UserError, run_main
+
+
+@dataclass
+class PlotConfig:
+    out_dir: str = "out"
+    png: Optional[str] = None  # None: <out_dir>/loss.png
+    title: Optional[str] = None
+
+
+def read_run_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(training steps, evaluations) of a run, the later entry winning where a resumed run repeats an iteration."""
+    path = out_dir / "log.jsonl"
+    if not path.exists():
+        raise UserError(f"{path} not found: train.py writes it into out_dir while training")
+    steps, evals = {}, {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        (evals if "val_loss" in entry else steps)[entry["iter"]] = entry
+    return [steps[k] for k in sorted(steps)], [evals[k] for k in sorted(evals)]
+
+
+def main() -> None:
+    cfg = configurator.load_config(PlotConfig, sys.argv[1:], verbose=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(cfg.out_dir)
+    steps, evals = read_run_log(out_dir)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    if steps:
+        ax.plot([s["iter"] for s in steps], [s["loss"] for s in steps], color="tab:blue", alpha=0.25, lw=0.8, label="train loss (per step)")
+    if evals:
+        ax.plot([e["iter"] for e in evals], [e["train_loss"] for e in evals], "o-", color="tab:blue", ms=3, label="train loss (eval)")
+        ax.plot([e["iter"] for e in evals], [e["val_loss"] for e in evals], "o-", color="tab:orange", ms=3, label="val loss (eval)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    bpb = [e for e in evals if e.get("val_bpb") is not None]
+    if bpb:
+        ax2 = ax.twinx()
+        ax2.plot([e["iter"] for e in bpb], [e["val_bpb"] for e in bpb], "s--", color="tab:green", ms=3, label="val bits per byte")
+        ax2.set_ylabel("val bits per byte")
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right")
+    else:
+        ax.legend(loc="upper right")
+    if evals:
+        best = min(evals, key=lambda e: e["val_loss"])
+        ax.set_title(cfg.title or f"{out_dir.name}: best val loss {best['val_loss']:.4f} at iteration {best['iter']}")
+    fig.tight_layout()
+    png = Path(cfg.png) if cfg.png else out_dir / "loss.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,276 @@
+"""Every bad input of the reliability list: one clear line on stderr ('error: ...'), exit code 2,
+no traceback, and nothing that existed changed or lost."""
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from common import UserError
+from conftest import TINY_MODEL, make_examples, run, write_jsonl
+
+
+def assert_one_line_error(proc, *fragments):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, lines
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def snapshot(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A prepared char dataset and a short run with its checkpoints."""
+    root = tmp_path_factory.mktemp("errors")
+    src = root / "src"
+    src.mkdir()
+    rows = make_examples(20)
+    write_jsonl(src / "kazqad-train.jsonl", rows[:32])
+    write_jsonl(src / "kazqad-validation.jsonl", rows[32:])
+    run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={root / 'data'}")
+    run("train.py", "config/train_qazdata_char.py", f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", *TINY_MODEL,
+        "--max_iters=4", "--eval_interval=2")
+    return root
+
+
+def copy_data(trained, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(trained / "data", data)
+    return data
+
+
+def train(trained, *args, data=None, out=None, env=None):
+    return run("train.py", "config/train_qazdata_char.py", f"--data_dir={data or trained / 'data'}",
+               f"--out_dir={out or trained / 'out'}", *TINY_MODEL, "--max_iters=6", *args, env=env, check=False)
+
+
+# ---- configuration ----
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--lerning_rate=1e-3"], ["unknown config key 'lerning_rate'", "did you mean 'learning_rate'"]),
+    (["--batch_size=many"], ["batch_size must be int", "'many'"]),
+    (["--batch_size=0"], ["batch_size must be at least 1"]),
+    (["--block_size=0"], ["block_size must be at least 1"]),
+    (["--max_iters=-1"], ["max_iters must be 0 or more"]),
+    (["--learning_rate=0"], ["learning_rate must be a positive number"]),
+    (["--learning_rate=-0.1"], ["learning_rate must be a positive number"]),
+    (["--learning_rate=nan"], ["learning_rate must be float"]),
+    (["--learning_rate=1e9"], ["learning_rate must be a positive number below 10"]),
+    (["--device=cuda"], ["no CUDA GPU", "--device=cpu"]),
+    (["--device=mps"], ["MPS is not available"]),
+    (["--device=tpu"], ["unknown device 'tpu'"]),
+    (["--dtype=float16"], ["float16 autocast is only used on CUDA"]),
+    (["--dtype=fp8"], ["unknown dtype 'fp8'"]),
+    (["--dataset=nope", "--data_dir="], None),
+])
+def test_bad_config_values(trained, args, fragments):
+    before = snapshot(trained / "out")
+    proc = train(trained, *args)
+    if fragments is None:  # data_dir= is an empty string: the dataset name decides
+        assert_one_line_error(proc, "unknown dataset 'nope'")
+    else:
+        assert_one_line_error(proc, *fragments)
+    assert snapshot(trained / "out") == before
+
+
+def test_config_files(trained, tmp_path):
+    missing = run("train.py", str(tmp_path / "nope.py"), check=False)
+    assert_one_line_error(missing, "config file", "nope.py not found")
+    raises = tmp_path / "raises.py"
+    raises.write_text("batch_size = undefined_name\n")
+    assert_one_line_error(run("train.py", str(raises), check=False), "raises.py failed: NameError")
+    bad_key = tmp_path / "bad_key.py"
+    bad_key.write_text("n_layers = 4\n")
+    assert_one_line_error(run("train.py", str(bad_key), check=False), "unknown config key 'n_layers'", "did you mean 'n_layer'")
+
+
+def test_bf16_unsupported_is_refused(monkeypatch):
+    import common
+
+    monkeypatch.setattr(common, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(UserError, match="no bfloat16 support"):
+        common.resolve_dtype("bfloat16", "cpu")
+
+
+def test_accumulation_not_divisible_by_world_size(trained):
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    proc = train(trained, "--gradient_accumulation_steps=3", env=env)
+    assert_one_line_error(proc, "gradient_accumulation_steps (3) must be divisible by the number of processes (2)")
+
+
+# ---- data ----
+
+def test_dataset_not_prepared(trained, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(train(trained, data=empty), "is not prepared", "prepare.py")
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("odd", "odd byte count"),
+    ("short", "fewer than block_size+1"),
+    ("meta_missing", "meta.json is missing"),
+    ("meta_mismatch", "meta.json says"),
+    ("meta_garbage", "meta.json is unreadable"),
+])
+def test_damaged_dataset(trained, tmp_path, damage, fragment):
+    data = copy_data(trained, tmp_path)
+    meta = json.loads((data / "meta.json").read_text())
+    if damage == "odd":
+        with open(data / "train.bin", "ab") as f:
+            f.write(b"\0")
+    elif damage == "short":
+        (data / "val.bin").write_bytes(b"\0\0" * 10)
+        meta["val_tokens"] = 10
+        (data / "meta.json").write_text(json.dumps(meta))
+    elif damage == "meta_missing":
+        (data / "meta.json").unlink()
+    elif damage == "meta_mismatch":
+        meta["train_tokens"] += 5
+        (data / "meta.json").write_text(json.dumps(meta))
+    else:
+        (data / "meta.json").write_text("{not json")
+    assert_one_line_error(train(trained, data=data, out=tmp_path / "out"), fragment)
+
+
+def test_tokenizer_file_missing(trained, tmp_path):
+    data = copy_data(trained, tmp_path)
+    meta = json.loads((data / "meta.json").read_text())
+    meta["tokenizer"] = {"kind": "hf", "file": "tokenizer.json"}
+    (data / "meta.json").write_text(json.dumps(meta))
+    assert_one_line_error(train(trained, data=data, out=tmp_path / "out"), "tokenizer.json is missing")
+
+
+# ---- checkpoints ----
+
+def test_resume_without_checkpoint(trained, tmp_path):
+    assert_one_line_error(train(trained, "--init_from=resume", out=tmp_path / "none"), "no checkpoint at")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "version", "pickle"])
+def test_bad_checkpoint(trained, tmp_path, damage):
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    ckpt = out / "ckpt.pt"
+    if damage == "garbage":
+        ckpt.write_bytes(b"not a checkpoint at all")
+    elif damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    elif damage == "version":
+        state = torch.load(ckpt, weights_only=True)
+        state["version"] = 99
+        torch.save(state, ckpt)
+    else:  # an arbitrary pickled object: weights_only refuses to run it
+        torch.save({"version": 1, "evil": UserError("x")}, ckpt)
+    before = snapshot(out)
+    proc = train(trained, "--init_from=resume", out=out)
+    assert_one_line_error(proc, "format version 99" if damage == "version" else "is corrupt or truncated")
+    assert snapshot(out) == before
+    assert_one_line_error(run("sample.py", f"--out_dir={out}", "--checkpoint=ckpt.pt", check=False), "ckpt.pt")
+
+
+def test_resume_with_other_vocabulary(trained, tmp_path):
+    data = tmp_path / "data2"
+    src = tmp_path / "src"
+    src.mkdir()
+    write_jsonl(src / "other.jsonl", [dict(r, context=r["context"] + " XYZ §") for r in make_examples(10)])
+    run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={data}")
+    before = snapshot(trained / "out")
+    assert_one_line_error(train(trained, "--init_from=resume", data=data), "another vocabulary")
+    assert snapshot(trained / "out") == before
+
+
+def test_block_size_larger_than_pretrained(trained, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf_dir = tmp_path / "tiny"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=300)).save_pretrained(hf_dir)
+    assert_one_line_error(train(trained, f"--init_from={hf_dir}", "--block_size=32", out=tmp_path / "out"), "larger than", "--block_size=16")
+
+
+def test_out_dir_is_a_file_or_unwritable(trained, tmp_path):
+    file = tmp_path / "a_file"
+    file.write_text("keep me")
+    assert_one_line_error(train(trained, out=file), "is a file")
+    assert file.read_text() == "keep me"
+    assert_one_line_error(train(trained, out=file / "sub"), "not writable")
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import common
+
+    path = tmp_path / "ckpt.pt"
+    common.save_checkpoint({"x": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match="No space left on device.*previous checkpoint is untouched"):
+        common.save_checkpoint({"x": torch.zeros(3)}, path)
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+# ---- sampling ----
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--start=Өзен €✓"], "outside this model's vocabulary: '€' '✓'"),
+    (["--start=FILE:/no/such/prompt.txt"], "prompt file /no/such/prompt.txt not found"),
+    (["--max_new_tokens=0"], "max_new_tokens must be at least 1"),
+    (["--temperature=0"], "temperature must be above 0"),
+    (["--temperature=-1"], "temperature must be above 0"),
+    (["--top_k=0"], "top_k must be at least 1"),
+    (["--top_p=0"], "top_p must be in (0, 1]"),
+    (["--top_p=1.5"], "top_p must be in (0, 1]"),
+    (["--num_samples=0"], "num_samples must be at least 1"),
+    (["--init_from=gpt3"], "init_from must be resume"),
+])
+def test_bad_sample_args(trained, args, fragment):
+    proc = run("sample.py", f"--out_dir={trained / 'out'}", "--device=cpu", *args, check=False)
+    assert_one_line_error(proc, fragment)
+    assert proc.stdout == ""
+
+
+# ---- prepare sources ----
+
+def test_bad_prepare_sources(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.bin").write_bytes(b"old")
+    prep = lambda *a, env=None: run("data/qazdata_char/prepare.py", f"--out_dir={out}", *a, env=env, check=False)
+    assert_one_line_error(prep(f"--source={tmp_path / 'missing'}"), "does not exist")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Қазақ".encode("utf-8") + b"\xe9t\xe9\n\nmore")
+    assert_one_line_error(prep(f"--source={bad}"), "is not UTF-8")
+    schema = write_jsonl(tmp_path / "wrong-train.jsonl", [{"text": "no question here"}])
+    assert_one_line_error(prep(f"--source={schema}"), "not in KazQAD's schema", "missing context, question, answers")
+    notjson = tmp_path / "notjson.jsonl"
+    notjson.write_text("{broken\n")
+    assert_one_line_error(prep(f"--source={notjson}"), "line 1 is not JSON")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert_one_line_error(prep(f"--source={empty}"), "holds no examples")
+    empty_txt = tmp_path / "empty.txt"
+    empty_txt.write_text("\n\n")
+    assert_one_line_error(prep(f"--source={empty_txt}"), "0 document(s)")
+    empty_dir = tmp_path / "nothing"
+    empty_dir.mkdir()
+    assert_one_line_error(prep(f"--source={empty_dir}"), "holds no .jsonl files")
+    offline = prep(env={"HF_HUB_OFFLINE": "1", "KAZQAD_SOURCE": ""})
+    assert_one_line_error(offline, "could not load issai/kazqad", "--source=PATH")
+    assert (out / "train.bin").read_bytes() == b"old"
+    if os.geteuid() != 0:  # root reads everything, so this case can only be seen as a user
+        unreadable = write_jsonl(tmp_path / "locked.jsonl", make_examples(2))
+        unreadable.chmod(0)
+        assert_one_line_error(prep(f"--source={unreadable}"), "cannot read")

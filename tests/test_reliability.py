@@ -1,0 +1,111 @@
+"""Reliability under kill -9, DDP on CPU against one process, and token files larger than RAM."""
+import json
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from common import load_checkpoint
+from conftest import REPO, TINY_MODEL, make_examples, read_log, run, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rel")
+    src = root / "src"
+    src.mkdir()
+    rows = make_examples(30)
+    write_jsonl(src / "kazqad-train.jsonl", rows[:48])
+    write_jsonl(src / "kazqad-validation.jsonl", rows[48:])
+    run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={root / 'data'}")
+    return root / "data"
+
+
+@pytest.mark.slow
+def test_kill_9_always_leaves_a_loadable_checkpoint(char_data, tmp_path):
+    """20 kill -9 at random moments of a run that saves at every step: every time, ckpt.pt
+    loads, and the next start resumes from it."""
+    out = tmp_path / "out"
+    rng = random.Random(0)
+    base = [sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}",
+            *TINY_MODEL, "--eval_interval=1", "--eval_iters=1", "--always_save_checkpoint=True", "--max_iters=100000"]
+    resumed_from = []
+    for _ in range(20):
+        resume = (out / "ckpt.pt").exists()
+        proc = subprocess.Popen(base + (["--init_from=resume"] if resume else []), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        time.sleep(rng.uniform(1.5, 4.0))  # the first ~1.5 s is Python and torch starting up
+        proc.send_signal(signal.SIGKILL)
+        output = proc.communicate()[0]
+        if resume:
+            assert "resuming from" in output, output[-2000:]
+            resumed_from.append(int(output.split("at iteration ")[1].split()[0]))
+        if (out / "ckpt.pt").exists():
+            ckpt = load_checkpoint(out / "ckpt.pt")  # raises UserError if torn
+            assert ckpt["iter_num"] >= (resumed_from[-1] if resumed_from else 0)
+    assert len(resumed_from) >= 15 and resumed_from == sorted(resumed_from) and resumed_from[-1] > resumed_from[0]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(char_data, tmp_path):
+    """torchrun with 2 CPU processes (gloo) against 1 process with the same global batch: the
+    same sequences are drawn, so per-step losses agree to float rounding (stated tolerance 1e-4)."""
+    args = ["config/train_qazdata_char.py", f"--data_dir={char_data}", *TINY_MODEL, "--gradient_accumulation_steps=2",
+            "--max_iters=12", "--eval_interval=6"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run("train.py", *args, f"--out_dir={one}")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+                           *args, f"--out_dir={two}", "--backend=nccl"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "using the gloo backend instead of nccl" in proc.stdout
+    assert proc.stdout.count("step 12: train loss") == 1  # rank 0 alone logs
+    a = {e["iter"]: e["loss"] for e in read_log(one) if "loss" in e}
+    b = {e["iter"]: e["loss"] for e in read_log(two) if "loss" in e}
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert max(abs(a[i] - b[i]) for i in a) < 1e-4, (a, b)
+    assert sorted(p.name for p in two.iterdir()) == ["best.pt", "ckpt.pt", "log.jsonl"]
+
+
+def test_train_bin_larger_than_ram(char_data, tmp_path):
+    """A 32 GB train.bin (sparse: it takes no disk) on a 24 GB machine: memmap reads only the
+    windows it samples, so training runs and memory stays small."""
+    data = tmp_path / "big"
+    shutil.copytree(char_data, data)
+    n_tokens = 16 * 2**30
+    with open(data / "train.bin", "r+b") as f:
+        f.truncate(2 * n_tokens)
+    meta = json.loads((data / "meta.json").read_text())
+    meta["train_tokens"] = n_tokens
+    (data / "meta.json").write_text(json.dumps(meta))
+    proc = run("train.py", "config/train_qazdata_char.py", f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}", *TINY_MODEL,
+               "--max_iters=5", "--eval_interval=5")
+    assert f"{n_tokens:,} train tokens" in proc.stdout
+    rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
+    assert rss_kb < 2 * 2**20, rss_kb  # under 2 GB
+
+
+def test_non_finite_loss_stops_with_the_step(char_data, tmp_path):
+    """A NaN in the weights makes the first loss NaN: the run stops naming the step, and the
+    checkpoint it resumed from is left as it was."""
+    import torch
+
+    from common import save_checkpoint
+
+    out = tmp_path / "out"
+    run("train.py", "config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}", *TINY_MODEL,
+        "--max_iters=4", "--eval_interval=4")
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    ckpt["model"]["transformer.h.0.mlp.c_fc.weight"][0, 0] = float("nan")
+    save_checkpoint({k: v for k, v in ckpt.items() if k != "version"}, out / "ckpt.pt")
+    before = (out / "ckpt.pt").read_bytes()
+    proc = run("train.py", "config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}", *TINY_MODEL,
+               "--init_from=resume", "--max_iters=8", "--eval_interval=100", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: the loss became nan at step 5" in proc.stderr
+    assert (out / "ckpt.pt").read_bytes() == before

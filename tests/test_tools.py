@@ -1,0 +1,109 @@
+"""eval_qa.py (metrics by hand, end to end), export_hf.py (round trip through transformers'
+pipeline against sample.py), plot.py, wandb offline and interactive sampling."""
+import json
+import os
+
+import pytest
+
+from conftest import TINY_MODEL, make_examples, read_log, run, write_jsonl
+from eval_qa import exact_match, normalize_answer, token_f1
+
+
+def test_normalization_and_metrics_by_hand():
+    assert normalize_answer("  ӘЙГІЛІ «Абай»,  ҚҰНАНБАЙҰЛЫ! ") == "әйгілі абай құнанбайұлы"
+    assert normalize_answer("ҒҚҢӨҰҮҺІ") == "ғқңөұүһі"
+    assert exact_match("Абай Құнанбайұлы.", ["абай құнанбайұлы"]) == 1.0
+    assert exact_match("Абай", ["абай құнанбайұлы"]) == 0.0
+    # pred {абай}, gold {абай, құнанбайұлы}: precision 1, recall 1/2, F1 = 2/3
+    assert token_f1("Абай", ["Абай Құнанбайұлы"]) == pytest.approx(2 / 3)
+    # several golds: the best one counts
+    assert token_f1("1845 жылы", ["1845", "1845 жылы 10 тамызда"]) == pytest.approx(max(2 / 3, 2 * 1 * 0.5 / 1.5))
+    assert exact_match("1845", ["1845 жылы", "1845"]) == 1.0
+    assert token_f1("", ["Абай"]) == 0.0 and token_f1("Сөз", ["—"]) == 0.0
+    # repeated tokens count once each: pred 'ақ ақ ақ' vs gold 'ақ көл': common 1, P 1/3, R 1/2, F1 0.4
+    assert token_f1("ақ ақ ақ", ["ақ көл"]) == pytest.approx(0.4)
+
+
+@pytest.fixture(scope="module")
+def trained_char(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tools")
+    src = root / "src"
+    src.mkdir()
+    rows = make_examples(20)
+    write_jsonl(src / "kazqad-train.jsonl", rows[:32])
+    write_jsonl(src / "kazqad-validation.jsonl", rows[32:])
+    run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={root / 'data'}")
+    run("train.py", "config/train_qazdata_char.py", f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", *TINY_MODEL,
+        "--max_iters=150", "--lr_decay_iters=150", "--eval_interval=50", "--block_size=64")
+    return root
+
+
+def test_eval_qa_end_to_end(trained_char):
+    out = trained_char / "out"
+    proc = run("eval_qa.py", f"--out_dir={out}", f"--source={trained_char / 'src'}", "--split=validation", "--device=cpu")
+    assert "all 8 questions of the validation split" in proc.stdout
+    assert "closed_book" in proc.stdout and "reading" in proc.stdout
+    rows = [json.loads(l) for l in (out / "eval_qa_validation.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and {r["mode"] for r in rows} == {"closed_book", "reading"}
+    for r in rows:  # the per-question scores are the metric applied to what was predicted
+        assert r["em"] == exact_match(r["prediction"], r["answers"]) and r["f1"] == token_f1(r["prediction"], r["answers"])
+    for mode in ("closed_book", "reading"):  # the summary is the mean of the per-question scores
+        line = next(l for l in proc.stdout.splitlines() if l.startswith(mode))
+        n, em, f1 = line.split()[1:4]
+        scored = [r for r in rows if r["mode"] == mode]
+        assert int(n) == len(scored) == 8
+        assert float(em) == round(100 * sum(r["em"] for r in scored) / 8, 1)
+        assert float(f1) == round(100 * sum(r["f1"] for r in scored) / 8, 1)
+
+
+def test_eval_qa_single_split_asks_held_out_only(trained_char, tmp_path):
+    single = write_jsonl(tmp_path / "kazqad-validation.jsonl", make_examples(20))
+    proc = run("eval_qa.py", f"--out_dir={trained_char / 'out'}", f"--source={single}", "--modes=closed_book", "--device=cpu",
+               f"--output={tmp_path / 'r.jsonl'}")
+    assert "4 questions of the 2 passages held out of training" in proc.stdout
+
+
+@pytest.mark.parametrize("kind", ["char", "kazakh_bpe"])
+def test_export_round_trip(trained_char, tmp_path, kind):
+    transformers = pytest.importorskip("transformers")
+    out = trained_char / "out"
+    if kind == "kazakh_bpe":
+        data, out = tmp_path / "bpe", tmp_path / "out"
+        run("data/qazdata_bpe/prepare.py", f"--source={trained_char / 'src'}", f"--out_dir={data}", "--vocab_size=350")
+        run("train.py", "config/train_qazdata_bpe.py", f"--data_dir={data}", f"--out_dir={out}", *TINY_MODEL, "--max_iters=30",
+            "--eval_interval=30", "--bias=True", "--block_size=64")
+    folder = tmp_path / "hf"
+    run("export_hf.py", f"--out_dir={out}", f"--export_dir={folder}")
+    assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+    prompt = "Өзеннің ұзындығы қанша (0)?:"
+    ours = run("sample.py", f"--out_dir={out}", "--device=cpu", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=20",
+               "--top_k=1").stdout.split("\n---------------")[0]
+    pipe = transformers.pipeline("text-generation", model=str(folder), device="cpu")
+    theirs = pipe(prompt, max_new_tokens=20, do_sample=False, return_full_text=True)[0]["generated_text"]
+    assert theirs == ours, (theirs, ours)
+    refused = run("export_hf.py", f"--out_dir={out}", f"--export_dir={folder}", check=False)
+    assert refused.returncode == 2 and "not empty" in refused.stderr
+
+
+def test_plot(trained_char, tmp_path):
+    png = tmp_path / "curve.png"
+    run("plot.py", f"--out_dir={trained_char / 'out'}", f"--png={png}")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_interactive_sampling(trained_char):
+    proc = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", "--interactive", "--max_new_tokens=30",
+               env={"PYTHONIOENCODING": "utf-8"}, input_text="Өзеннің ұзындығы қанша (1)?\n\nБұл не €?\nӨзен ұзындығы қанша?\n")
+    answers = proc.stdout.splitlines()
+    assert len(answers) == 2  # one line per question; the bad one is reported on stderr and skipped
+    assert "outside this model's vocabulary: '€'" in proc.stderr
+
+
+def test_wandb_offline(trained_char, tmp_path):
+    pytest.importorskip("wandb")
+    out = tmp_path / "out"
+    run("train.py", "config/train_qazdata_char.py", f"--data_dir={trained_char / 'data'}", f"--out_dir={out}", *TINY_MODEL,
+        "--max_iters=4", "--eval_interval=2", "--wandb_log=True", "--wandb_project=kazgpt-test", "--wandb_run_name=offline",
+        env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
