@@ -41,12 +41,13 @@ class BenchModel:
     block_size: int
     batch_size: int
     vocab_size: int
+    iters: int  # timed training iterations by default: enough for a stable median, little enough for a CPU
 
 
 MODELS = {
-    "quickstart": BenchModel(4, 4, 128, 64, 12, 256),  # the README's CPU quick start
-    "char": BenchModel(6, 6, 384, 256, 64, 256),  # config/train_qazdata_char.py
-    "gpt2": BenchModel(12, 12, 768, 1024, 12, 50304),  # config/train_gpt2.py, per GPU
+    "quickstart": BenchModel(4, 4, 128, 64, 12, 256, 50),  # the README's CPU quick start
+    "char": BenchModel(6, 6, 384, 256, 64, 256, 8),  # config/train_qazdata_char.py
+    "gpt2": BenchModel(12, 12, 768, 1024, 12, 50304, 20),  # config/train_gpt2.py, per GPU
 }
 
 
@@ -58,7 +59,7 @@ def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool,
     step_model = torch.compile(model) if use_compile else model
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
     autocast = autocast_context(device, dtype)
-    warmup = max(3, iters // 10)
+    warmup = 3
     step_times, batch_times = [], []
     for it in range(warmup + iters):
         synchronize(device)
@@ -110,7 +111,8 @@ def bench_sampling(spec: BenchModel, device: str, dtype: str, new_tokens: int = 
         cache = KVCache(model.config, 1, device, torch.get_autocast_dtype(device.split(":")[0]) if dtype != "float32" else torch.float32)
         t_prefill, _ = timed(lambda: prefill(model, full_ctx, cache))
 
-        def decode_steps(n=64):
+        def decode_steps():
+            n = min(64, spec.block_size - prompt_len)  # as many steps as the cache has room for
             prefill(model, idx, cache)
             tok = idx[:, -1:]
             for _ in range(n):
@@ -172,7 +174,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--compile", action="store_true", help="compile the training step")
-    parser.add_argument("--iters", type=int, default=30, help="timed training iterations per model")
+    parser.add_argument("--iters", type=int, default=None, help="timed training iterations per model (default: each model's own)")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     parser.add_argument("--compare_nanogpt", default=None, help="a nanoGPT checkout: also run the quick start side by side")
     parser.add_argument("--data_dir", default=None, help="prepared char-level data for --compare_nanogpt")
@@ -197,7 +199,7 @@ def main() -> None:
         data = np.memmap(path, dtype=np.uint16, mode="r")
         print(f"\n{'training':12s} {'params':>8s} {'ms/iter':>9s} {'tokens/s':>10s} {'MFU':>7s} {'batch share':>12s}")
         for name in names:
-            r = bench_training(MODELS[name], device, dtype, args.compile, args.iters, data)
+            r = bench_training(MODELS[name], device, dtype, args.compile, args.iters or MODELS[name].iters, data)
             results["training"][name] = r
             print(f"{name:12s} {r['params_M']:7.2f}M {r['ms_per_iter']:9.2f} {r['tokens_per_s']:10,.0f} {r['mfu'] * 100:6.1f}% {r['batch_share'] * 100:11.2f}%")
     print(f"\n{'sampling':12s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'500 cached':>11s} {'500 recompute':>14s} {'ratio':>6s} {'same tokens':>12s}")

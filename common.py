@@ -507,6 +507,14 @@ def load_dataset_meta(data_dir: Path, block_size: int) -> dict:
         if not tok_path.exists():
             raise UserError(f"{tok_path} is missing: run {prepare} again")
         meta["tokenizer"] = {"kind": "hf", "tokenizer_json": tok_path.read_text(encoding="utf-8")}
+    try:
+        tokenizer_size = tokenizer_from_spec(meta["tokenizer"]).vocab_size
+    except UserError:
+        raise
+    except Exception as e:  # a damaged spec: missing fields, bad tokenizer.json
+        raise UserError(f"the tokenizer of {meta_path} cannot be loaded ({type(e).__name__}): run {prepare} again") from None
+    if tokenizer_size != vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer_size} entries but {meta_path} says {vocab_size}: they come from different runs; run {prepare} again")
     for split in ("train", "val"):
         size = (data_dir / f"{split}.bin").stat().st_size
         if size % 2:

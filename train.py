@@ -24,9 +24,10 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -188,8 +189,6 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 
 def main() -> int:
-    import sys
-
     cfg = configurator.load_config(TrainConfig, sys.argv[1:], verbose=int(os.environ.get("RANK", "0")) == 0)
     check_ranges(cfg)
 

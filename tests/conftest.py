@@ -63,6 +63,23 @@ def run(script: str, *args: str, env: dict | None = None, timeout: int = 600, ch
     return proc
 
 
+def write_kazqad_source(folder: Path, n_passages: int) -> Path:
+    """KazQAD-schema train and validation files (the last fifth of the examples is validation)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = make_examples(n_passages)
+    n_train = len(rows) * 4 // 5
+    write_jsonl(folder / "kazqad-train.jsonl", rows[:n_train])
+    write_jsonl(folder / "kazqad-validation.jsonl", rows[n_train:])
+    return folder
+
+
+def prepare_char_dataset(root: Path, n_passages: int) -> Path:
+    """A char-level dataset prepared from a fixture source in root/src; returns root/data."""
+    src = write_kazqad_source(root / "src", n_passages)
+    run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={root / 'data'}")
+    return root / "data"
+
+
 def read_log(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 

@@ -2,13 +2,12 @@
 a Kazakh-BPE checkpoint sampled through sample.py, and finetuning a local GPT-2."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 
 from common import CharTokenizer, HFTokenizer, TiktokenTokenizer, bits_per_byte, load_kazqad_text
-from conftest import KAZAKH_LETTERS, REPO, TINY_MODEL, make_examples, read_log, run, write_jsonl
+from conftest import KAZAKH_LETTERS, REPO, TINY_MODEL, make_examples, read_log, run, write_jsonl, write_kazqad_source
 
 KAZAKH_TEXT = f"Қазақ тілінде {KAZAKH_LETTERS} әріптері бар: әке, ғалым, қала, аң, өзен, ұлт, үй, һәм, із.\n«Сөз» — 2024 ж."
 
@@ -22,11 +21,7 @@ def needs_tiktoken():
 
 @pytest.fixture(scope="module")
 def kazqad_src(tmp_path_factory):
-    src = tmp_path_factory.mktemp("kazqad")
-    rows = make_examples(30)
-    write_jsonl(src / "kazqad-train.jsonl", rows[:48])
-    write_jsonl(src / "kazqad-validation.jsonl", rows[48:])
-    return src
+    return write_kazqad_source(tmp_path_factory.mktemp("kazqad"), 30)
 
 
 def test_layout_and_split(kazqad_src):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common import UserError
-from conftest import TINY_MODEL, make_examples, run, write_jsonl
+from conftest import TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl
 
 
 def assert_one_line_error(proc, *fragments):
@@ -30,12 +30,7 @@ def snapshot(folder):
 def trained(tmp_path_factory):
     """A prepared char dataset and a short run with its checkpoints."""
     root = tmp_path_factory.mktemp("errors")
-    src = root / "src"
-    src.mkdir()
-    rows = make_examples(20)
-    write_jsonl(src / "kazqad-train.jsonl", rows[:32])
-    write_jsonl(src / "kazqad-validation.jsonl", rows[32:])
-    run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={root / 'data'}")
+    prepare_char_dataset(root, 20)
     run("train.py", "config/train_qazdata_char.py", f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", *TINY_MODEL,
         "--max_iters=4", "--eval_interval=2")
     return root
@@ -139,6 +134,14 @@ def test_damaged_dataset(trained, tmp_path, damage, fragment):
     else:
         (data / "meta.json").write_text("{not json")
     assert_one_line_error(train(trained, data=data, out=tmp_path / "out"), fragment)
+
+
+def test_tokenizer_not_matching_meta(trained, tmp_path):
+    data = copy_data(trained, tmp_path)
+    meta = json.loads((data / "meta.json").read_text())
+    meta["tokenizer"]["chars"] = meta["tokenizer"]["chars"][:-3]
+    (data / "meta.json").write_text(json.dumps(meta))
+    assert_one_line_error(train(trained, data=data, out=tmp_path / "out"), "the tokenizer has", "different runs")
 
 
 def test_tokenizer_file_missing(trained, tmp_path):

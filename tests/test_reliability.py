@@ -8,23 +8,15 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from common import load_checkpoint
-from conftest import REPO, TINY_MODEL, make_examples, read_log, run, write_jsonl
+from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run
 
 
 @pytest.fixture(scope="module")
 def char_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel")
-    src = root / "src"
-    src.mkdir()
-    rows = make_examples(30)
-    write_jsonl(src / "kazqad-train.jsonl", rows[:48])
-    write_jsonl(src / "kazqad-validation.jsonl", rows[48:])
-    run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={root / 'data'}")
-    return root / "data"
+    return prepare_char_dataset(tmp_path_factory.mktemp("rel"), 30)
 
 
 @pytest.mark.slow
@@ -93,8 +85,6 @@ def test_train_bin_larger_than_ram(char_data, tmp_path):
 def test_non_finite_loss_stops_with_the_step(char_data, tmp_path):
     """A NaN in the weights makes the first loss NaN: the run stops naming the step, and the
     checkpoint it resumed from is left as it was."""
-    import torch
-
     from common import save_checkpoint
 
     out = tmp_path / "out"

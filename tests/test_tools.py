@@ -1,11 +1,10 @@
 """eval_qa.py (metrics by hand, end to end), export_hf.py (round trip through transformers'
 pipeline against sample.py), plot.py, wandb offline and interactive sampling."""
 import json
-import os
 
 import pytest
 
-from conftest import TINY_MODEL, make_examples, read_log, run, write_jsonl
+from conftest import TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl
 from eval_qa import exact_match, normalize_answer, token_f1
 
 
@@ -27,12 +26,7 @@ def test_normalization_and_metrics_by_hand():
 @pytest.fixture(scope="module")
 def trained_char(tmp_path_factory):
     root = tmp_path_factory.mktemp("tools")
-    src = root / "src"
-    src.mkdir()
-    rows = make_examples(20)
-    write_jsonl(src / "kazqad-train.jsonl", rows[:32])
-    write_jsonl(src / "kazqad-validation.jsonl", rows[32:])
-    run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={root / 'data'}")
+    prepare_char_dataset(root, 20)
     run("train.py", "config/train_qazdata_char.py", f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", *TINY_MODEL,
         "--max_iters=150", "--lr_decay_iters=150", "--eval_interval=50", "--block_size=64")
     return root

@@ -7,20 +7,13 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY_MODEL, make_examples, read_log, run, write_jsonl
+from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run
 
 
 @pytest.fixture(scope="module")
 def char_data(tmp_path_factory):
     """A char-level dataset prepared from a KazQAD-schema fixture (train and validation files)."""
-    root = tmp_path_factory.mktemp("qazdata")
-    src = root / "src"
-    src.mkdir()
-    rows = make_examples(40)
-    write_jsonl(src / "kazqad-train.jsonl", rows[:64])
-    write_jsonl(src / "kazqad-validation.jsonl", rows[64:])
-    run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={root / 'data'}")
-    return root / "data"
+    return prepare_char_dataset(tmp_path_factory.mktemp("qazdata"), 40)
 
 
 def train(data_dir, out_dir, *extra, check=True):
