@@ -6,6 +6,11 @@ Draw a run's loss curves from out_dir/log.jsonl (written by train.py) to a PNG:
 
 Per-iteration training loss (light), evaluated train and val loss (points), and val bits per
 byte on a second axis when the dataset records its val bytes.
+
+    python plot.py --compare=out-tok-char,out-tok-bpe,out-tok-gpt2 --png=assets/tokenizers.png
+
+draws several runs' val bits per byte against training time (the summed iteration times of each
+log), the comparison across tokenizers.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ class PlotConfig:
     out_dir: str = "out"
     png: Optional[str] = None  # None: <out_dir>/loss.png
     title: Optional[str] = None
+    compare: Optional[str] = None  # comma-separated out_dirs: val bpb against training time
 
 
 def read_run_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -38,6 +44,29 @@ def read_run_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
     return [steps[k] for k in sorted(steps)], [evals[k] for k in sorted(evals)]
 
 
+def plot_comparison(out_dirs: list[Path], ax) -> None:
+    """Val bits per byte of each run against its training time so far (seconds). A log line is
+    written every log_interval steps with that step's time, which stands for the whole interval."""
+    lowest, highest = float("inf"), 0.0
+    for out_dir in out_dirs:
+        steps, evals = read_run_log(out_dir)
+        elapsed, seconds, previous = {0: 0.0}, 0.0, 0
+        for s in steps:
+            seconds += s["ms"] / 1000 * (s["iter"] - previous)
+            elapsed[s["iter"]], previous = seconds, s["iter"]
+        points = [(elapsed[e["iter"]], e["val_bpb"]) for e in evals if e.get("val_bpb") is not None and e["iter"] in elapsed]
+        if not points:
+            raise UserError(f"{out_dir}/log.jsonl has no val bits per byte: its dataset's meta.json lacks val_bytes")
+        best = min(p[1] for p in points)
+        lowest, highest = min(lowest, best), max(highest, max(p[1] for p in points))
+        ax.plot(*zip(*points), "o-", ms=3, label=f"{out_dir.name} (best {best:.4f})")
+    ax.set_ylim(lowest * 0.95, min(highest, 2 * lowest))  # the first evals of an untrained model would flatten the rest
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("val bits per byte")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+
+
 def main() -> None:
     cfg = configurator.load_config(PlotConfig, sys.argv[1:], verbose=False)
     import matplotlib
@@ -45,9 +74,17 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    if cfg.compare:
+        plot_comparison([Path(d) for d in cfg.compare.split(",") if d], ax)
+        ax.set_title(cfg.title or "val bits per byte against training time")
+        fig.tight_layout()
+        png = Path(cfg.png or "compare.png")
+        fig.savefig(png)
+        print(f"wrote {png}")
+        return
     out_dir = Path(cfg.out_dir)
     steps, evals = read_run_log(out_dir)
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     if steps:
         ax.plot([s["iter"] for s in steps], [s["loss"] for s in steps], color="tab:blue", alpha=0.25, lw=0.8, label="train loss (per step)")
     if evals:
