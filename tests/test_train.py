@@ -76,3 +76,23 @@ def test_sigterm_saves_and_resumes(char_data, tmp_path):
     proc = train(char_data, out, "--init_from=resume", f"--max_iters={last + 3}", "--eval_interval=100000")
     assert f"resuming from {out / 'ckpt.pt'} at iteration {last}" in proc.stdout
     assert f"iter {last + 1}:" in proc.stdout
+
+
+def test_batches_are_a_function_of_the_step():
+    """Ranks draw different batches; the same (seed, step, micro-step) gives the same batch, so a
+    resumed run continues the sequence instead of replaying it from step 0."""
+    import numpy as np
+
+    from train import batch_generator, get_batch
+
+    data = np.arange(10_000, dtype=np.uint16)
+    batch = lambda step, micro: get_batch(data, 4, 16, batch_generator(1337, step, micro), "cpu")[0]
+    assert torch_equal(batch(7, 0), batch(7, 0))
+    assert not torch_equal(batch(7, 0), batch(7, 1))  # rank 0 and rank 1 (1 micro-step each)
+    assert not torch_equal(batch(7, 0), batch(0, 0))  # step 7 after a resume is not step 0 again
+    x, y = get_batch(data, 4, 16, batch_generator(1, 2, 3), "cpu")
+    assert (y[:, :-1] == x[:, 1:]).all() and (y[:, -1] == x[:, -1] + 1).all()  # targets are inputs shifted by one
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
