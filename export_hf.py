@@ -4,8 +4,8 @@ model.safetensors) with its tokenizer, ready for `transformers.pipeline("text-ge
 
     python export_hf.py --out_dir=out-qazdata-char --export_dir=hf-qazdata-char
 
-Tokenizers: GPT-2 BPE -> GPT-2's own vocab.json/merges.txt (GPT2TokenizerFast, from tiktoken's
-cached files); the Kazakh BPE -> its tokenizer.json (PreTrainedTokenizerFast); char-level -> an
+Tokenizers, each a PreTrainedTokenizerFast: GPT-2 BPE -> GPT-2's own vocab.json/merges.txt (from
+tiktoken's cached files) as a byte-level BPE tokenizer.json; the Kazakh BPE -> its tokenizer.json; char-level -> an
 equivalent tokenizer.json (PreTrainedTokenizerFast): a BPE model with one entry per character and
 no merges, so every character is one token with the same id as in this repo, and a Fuse decoder
 that joins tokens without spaces. Models trained without biases get zero biases (the same function).
@@ -71,24 +71,36 @@ def char_tokenizer_json(chars: str) -> str:
     return tokenizer.to_str()
 
 
+def gpt2_tokenizer_json(folder: Path) -> str:
+    """GPT-2's byte-level BPE as tokenizer.json, from its vocab.json/merges.txt written into folder
+    (the files tiktoken caches; with TIKTOKEN_CACHE_DIR set they come from there)."""
+    from tiktoken.load import read_file_cached
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    for name, url in GPT2_FILES.items():
+        (folder / name).write_bytes(read_file_cached(url))
+    tokenizer = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([EOT])
+    return tokenizer.to_str()
+
+
 def save_tokenizer(spec: dict, folder: Path) -> None:
-    from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
+    """tokenizer.json (and GPT-2's vocab.json/merges.txt) for transformers' PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
     if spec["kind"] == "tiktoken":
         if spec["name"] != "gpt2":
             raise UserError(f"only the gpt2 tiktoken encoding can be exported, not {spec['name']}")
-        from tiktoken.load import read_file_cached
-
-        for name, url in GPT2_FILES.items():
-            (folder / name).write_bytes(read_file_cached(url))
-        tokenizer = GPT2TokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+        tokenizer_json = gpt2_tokenizer_json(folder)
+    elif spec["kind"] == "hf":
+        tokenizer_json = spec["tokenizer_json"]
     else:
-        tokenizer_json = spec["tokenizer_json"] if spec["kind"] == "hf" else char_tokenizer_json(spec["chars"])
-        from tokenizers import Tokenizer
-
-        special = {"eos_token": EOT, "bos_token": EOT} if spec["kind"] == "hf" else {}
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json), **special)
-    tokenizer.save_pretrained(folder)
+        tokenizer_json = char_tokenizer_json(spec["chars"])
+    special = {} if spec["kind"] == "char" else {"eos_token": EOT, "bos_token": EOT}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json), **special).save_pretrained(folder)
 
 
 def main() -> None:

@@ -98,6 +98,12 @@ class StreamDecoder:
         new, self.printed = text[self.printed:], len(text)
         return new
 
+    def flush(self) -> str:
+        """What is still held back at the end: bytes that never completed a character, shown as U+FFFD."""
+        text = self.tokenizer.decode(self.ids)
+        rest, self.printed = text[self.printed:], len(text)
+        return rest
+
 
 def main() -> None:
     cfg = configurator.load_config(SampleConfig, sys.argv[1:], verbose=False)
@@ -151,7 +157,7 @@ def main() -> None:
         print(prompt, end="", flush=True)
         for token in stream(ids):
             print(decoder.add(token), end="", flush=True)
-        print("\n---------------", flush=True)
+        print(decoder.flush() + "\n---------------", flush=True)
 
 
 if __name__ == "__main__":

@@ -119,8 +119,28 @@ def test_finetune_local_gpt2(kazqad_src, tmp_path):
     assert "initializing from OpenAI GPT-2 weights" in proc.stdout
     evals = [e for e in read_log(out) if "val_loss" in e]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
-    proc = run("sample.py", f"--out_dir={out}", "--device=cpu", "--start=Қазақстан", "--num_samples=1", "--max_new_tokens=10")
-    assert proc.stdout.startswith("Қазақстан")
+    proc = run("sample.py", f"--out_dir={out}", "--device=cpu", "--start=Қазақстан", "--num_samples=1", "--max_new_tokens=8", "--top_k=1")
+    ours = proc.stdout.split("\n---------------")[0]
+    assert ours.startswith("Қазақстан")
+    # exported with GPT-2's own tokenizer files, the model continues the same way in transformers
+    export = tmp_path / "hf-export"
+    run("export_hf.py", f"--out_dir={out}", f"--export_dir={export}")
+    assert (export / "vocab.json").exists() and (export / "merges.txt").exists()
+    pipe = transformers.pipeline("text-generation", model=str(export), device="cpu")
+    assert pipe("Қазақстан", max_new_tokens=8, do_sample=False)[0]["generated_text"] == ours
+    # and token for token: a random tiny model emits byte tokens that need not decode to whole characters
+    import torch
+
+    from common import load_checkpoint, tokenizer_from_spec
+    from model import GPT, GPTConfig
+
+    ckpt = load_checkpoint(out / "best.pt")
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    prompt = torch.tensor([tokenizer_from_spec(ckpt["tokenizer"]).encode("Қазақстан")])
+    assert pipe.tokenizer("Қазақстан", return_tensors="pt").input_ids.tolist() == prompt.tolist()
+    theirs = pipe.model.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert torch.equal(model.eval().generate(prompt, 8, greedy=True), theirs)
 
 
 def test_openwebtext_prepare_local_formats(tmp_path):
