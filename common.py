@@ -288,7 +288,12 @@ def passage_document(title: str, context: str, examples: list[dict]) -> str:
     for ex in examples:
         answers = ex["answers"]["text"]
         qas.append(format_qa(clean_question(ex["question"]), (nfc(answers[0]).strip() if answers else "") or "-"))
-    return (f"{title}\n" if title else "") + f"{context}\n" + "".join(qas)
+    return passage_header(title, context) + "".join(qas)
+
+
+def passage_header(title: str, context: str) -> str:
+    """'<title>\\n<passage>\\n': what precedes a passage's questions (and a reading-comprehension prompt)."""
+    return (f"{title}\n" if title else "") + f"{context}\n"
 
 
 def clean_question(question: str) -> str:

@@ -31,7 +31,7 @@ import torch
 
 import configurator
 from common import (KAZQAD_SOURCE_ENV, UserError, autocast_context, clean_question, format_qa, kazqad_passages, nfc,
-                    passage_document, read_kazqad_examples, resolve_device, resolve_dtype, run_main, split_documents)
+                    passage_document, passage_header, read_kazqad_examples, resolve_device, resolve_dtype, run_main, split_documents)
 from model import generate_tokens
 from sample import load_model
 
@@ -129,8 +129,8 @@ def main() -> None:
         for ex in tqdm(examples, desc="questions", unit="q"):
             golds = [nfc(a).strip() for a in ex["answers"]["text"]] or [""]
             question = clean_question(ex["question"])
-            prompts = {"closed_book": format_qa(question),
-                       "reading": (f"{nfc(ex.get('title') or '').strip()}\n" if ex.get("title") else "") + f"{nfc(ex['context']).strip()}\n" + format_qa(question)}
+            header = passage_header(nfc(ex.get("title") or "").strip(), nfc(ex["context"]).strip())
+            prompts = {"closed_book": format_qa(question), "reading": header + format_qa(question)}
             for mode in modes:
                 try:
                     prediction = answer(prompts[mode])

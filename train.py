@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 from common import (REPO_ROOT, UserError, autocast_context, bits_per_byte, closest, device_peak_flops, find_checkpoint,
-                    load_checkpoint, load_dataset_meta, print0, resolve_device, resolve_dtype, run_main,
+                    is_rank0, load_checkpoint, load_dataset_meta, print0, resolve_device, resolve_dtype, run_main,
                     save_checkpoint)
 from model import GPT, GPTConfig
 
@@ -170,7 +170,7 @@ class StopSignal:
             os.write(2, f"\nsecond {name}: exiting now without a checkpoint\n".encode())
             os._exit(128 + signum)
         self.signum = signum
-        if int(os.environ.get("RANK", "0")) == 0:
+        if is_rank0():
             os.write(2, f"\n{name} received: finishing this step, then saving a checkpoint and exiting (send it again to exit at once)\n".encode())
 
 
@@ -189,7 +189,7 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 
 def main() -> int:
-    cfg = configurator.load_config(TrainConfig, sys.argv[1:], verbose=int(os.environ.get("RANK", "0")) == 0)
+    cfg = configurator.load_config(TrainConfig, sys.argv[1:], verbose=is_rank0())
     check_ranges(cfg)
 
     # ---- processes and devices ----
