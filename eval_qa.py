@@ -6,8 +6,8 @@ layout and answered greedily (KV cache) until the end of the answer's line, in t
   reading       '<title>\\n<passage>\\n<question>:'          the passage comes first (as much as fits the context)
 
 and scored with Exact Match and token F1, SQuAD-style, normalized for Kazakh (lower-casing that
-covers әғқңөұүһі, punctuation dropped, spaces collapsed; with several gold answers the best
-one counts).
+covers әғқңөұүһі, punctuation turned into spaces so that 'Г.Мендель' is two words, spaces
+collapsed; with several gold answers the best one counts).
 
     python eval_qa.py --out_dir=out-qazdata-char --source=../shared/kazqad --split=validation
 
@@ -54,7 +54,7 @@ class EvalConfig:
 
 
 def normalize_answer(text: str) -> str:
-    """Lower-case (Unicode-aware: Ә->ә, Ү->ү, І->і), drop punctuation, collapse white space."""
+    """Lower-case (Unicode-aware: Ә->ә, Ү->ү, І->і), punctuation to spaces, white space collapsed."""
     text = nfc(text).lower()
     text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
     return " ".join(text.split())
