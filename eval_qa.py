@@ -33,7 +33,7 @@ import configurator
 from common import (KAZQAD_SOURCE_ENV, UserError, autocast_context, clean_question, format_qa, kazqad_passages, nfc,
                     passage_document, passage_header, read_kazqad_examples, resolve_device, resolve_dtype, run_main, split_documents)
 from model import generate_tokens
-from sample import load_model
+from sample import StreamDecoder, load_model
 
 MODES = ("closed_book", "reading")
 
@@ -113,13 +113,13 @@ def main() -> None:
     def answer(prompt: str) -> str:
         ids = tokenizer.encode(prompt)
         idx = torch.tensor([ids], dtype=torch.long, device=device)
-        new: list[int] = []
+        decoder, text = StreamDecoder(tokenizer), ""
         with torch.no_grad(), autocast_context(device, dtype):
             for token in generate_tokens(model, idx, cfg.max_new_tokens, greedy=True):
-                new.append(token.item())
-                if "\n" in tokenizer.decode(new):
+                text += decoder.add(token.item())
+                if "\n" in text:  # the answer's line has ended
                     break
-        return tokenizer.decode(new).split("\n")[0].strip()
+        return (text + decoder.flush()).split("\n")[0].strip()
 
     from tqdm import tqdm
 

@@ -84,25 +84,25 @@ def read_prompt(start: str) -> str:
 
 
 class StreamDecoder:
-    """Decodes a growing token list and returns only the new, complete text, so that multi-byte
-    characters split across BPE tokens are printed once whole."""
+    """Turns tokens into text as they come, holding back only the tokens of a character that is
+    not complete yet (a multi-byte character split across BPE tokens), so each piece is decoded once."""
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.printed = tokenizer, [], 0
+        self.tokenizer, self.pending = tokenizer, []
 
     def add(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending)
         if text.endswith("\ufffd"):  # an unfinished UTF-8 sequence: wait for the next token
             return ""
-        new, self.printed = text[self.printed:], len(text)
-        return new
+        self.pending = []
+        return text
 
     def flush(self) -> str:
         """What is still held back at the end: bytes that never completed a character, shown as U+FFFD."""
-        text = self.tokenizer.decode(self.ids)
-        rest, self.printed = text[self.printed:], len(text)
-        return rest
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending = []
+        return text
 
 
 def main() -> None:

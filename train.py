@@ -261,11 +261,9 @@ def main() -> int:
             raise UserError(f"'{cfg.init_from}' has a vocabulary of {model.config.vocab_size} tokens but dataset '{cfg.dataset}' uses {meta['vocab_size']}: finetune on a GPT-2 BPE dataset (e.g. qazdata)")
         if cfg.block_size < model.config.block_size:
             model.crop_block_size(cfg.block_size)
-        elif cfg.block_size > model.config.block_size:
-            raise UserError(f"block_size {cfg.block_size} is larger than {cfg.init_from}'s {model.config.block_size}: use --block_size={model.config.block_size} or less")
         model_config = model.config
-    if model_config.block_size < cfg.block_size:
-        raise UserError(f"block_size {cfg.block_size} is larger than the checkpoint's {model_config.block_size}")
+    if model_config.block_size < cfg.block_size:  # a resumed or pretrained model has its own context length
+        raise UserError(f"block_size {cfg.block_size} is larger than {cfg.init_from}'s {model_config.block_size}: use --block_size={model_config.block_size} or less")
     model.to(device)
     raw_model = model  # the plain module, for checkpoints and MFU; `model` may be compiled and DDP-wrapped
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")

@@ -103,3 +103,18 @@ def test_wandb_offline(trained_char, tmp_path):
         env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_closed_pipe_ends_quietly(trained_char):
+    """`python sample.py | head -1`: when the reader goes away, no traceback."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu",
+                             "--num_samples=50", "--max_new_tokens=200"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in stderr, stderr
