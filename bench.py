@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (REPO_ROOT, autocast_context, device_peak_flops, resolve_device, resolve_dtype, run_main,
-                    synchronize)
+from common import (REPO_ROOT, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
+                    resolve_dtype, run_main, synchronize)
 from model import GPT, GPTConfig, KVCache, decode_one_token, generate_tokens, generate_without_cache, prefill
 from train import batch_generator, get_batch
 
@@ -83,8 +83,7 @@ def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool,
     ms = statistics.median(step_times) * 1000
     tokens_per_s = spec.batch_size * spec.block_size / (ms / 1000)
     return {"params_M": model.num_params() / 1e6, "ms_per_iter": ms, "tokens_per_s": tokens_per_s,
-            "mfu": model.estimate_mfu(tokens_per_s, device_peak_flops(device, dtype)),
-            "batch_share": sum(batch_times) / sum(step_times)}
+            "flops_per_s": model.flops_per_token() * tokens_per_s, "batch_share": sum(batch_times) / sum(step_times)}
 
 
 @torch.no_grad()
@@ -135,9 +134,28 @@ def final_val(log: str) -> float:
     return float(re.findall(r"^step \d+: train loss [\d.]+, val loss ([\d.]+)", log, re.M)[-1])
 
 
+@torch.no_grad()
+def full_val_loss(state_dict: dict, model_args: dict, val_path: Path) -> float:
+    """Mean loss over every non-overlapping block_size window of val.bin, in float32 with this
+    repo's GPT: the same windows for every model, so two runs compare without eval-batch noise
+    (nanoGPT's parameter names and architecture are this GPT's)."""
+    args = {k: model_args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")}
+    model = GPT(GPTConfig(**args, gelu_approximate="none"))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state_dict.items()})
+    model.eval()
+    val = torch.from_numpy(np.fromfile(val_path, dtype=np.uint16).astype(np.int64))
+    T = args["block_size"]
+    n = (len(val) - 1) // T
+    x, y = val[: n * T].view(n, T), val[1 : n * T + 1].view(n, T)  # (n, T) windows and their targets
+    total = sum(model(x[i : i + 64], y[i : i + 64])[1].item() * len(x[i : i + 64]) for i in range(0, n, 64))
+    return total / n
+
+
 def compare_nanogpt(nanogpt_dir: Path, data_dir: Path) -> dict:
     """The README quick start with this repo's train.py and nanoGPT's, one after the other, on
-    the same train.bin/val.bin (nanoGPT reads them from its data/kazgpt_bench folder)."""
+    the same train.bin/val.bin (nanoGPT reads them from its data/kazgpt_bench folder). Besides
+    each run's last logged val loss (20 random batches), both final checkpoints are scored on
+    the whole val set."""
     import pickle  # nanoGPT's own metadata format, written into nanoGPT's checkout only
 
     vocab = json.loads((data_dir / "meta.json").read_text())["vocab_size"]
@@ -162,7 +180,10 @@ def compare_nanogpt(nanogpt_dir: Path, data_dir: Path) -> dict:
             wall = time.perf_counter() - t0
             if proc.returncode:
                 raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
-            results[name] = {"wall_s": wall, "median_ms": median_ms(proc.stdout), "val_loss": final_val(proc.stdout)}
+            ckpt = torch.load(Path(tmp) / ("nano" if name == "nanogpt" else "ours") / "ckpt.pt", map_location="cpu", weights_only=True)
+            results[name] = {"wall_s": wall, "median_ms": median_ms(proc.stdout), "val_loss": final_val(proc.stdout),
+                             "full_val_loss": full_val_loss(ckpt["model"], ckpt["model_args"], data_dir / "val.bin"),
+                             "ckpt_iter": int(ckpt["iter_num"])}
     results["wall_ratio"] = results["kazgpt"]["wall_s"] / results["nanogpt"]["wall_s"]
     results["median_ms_ratio"] = results["kazgpt"]["median_ms"] / results["nanogpt"]["median_ms"]
     return results
@@ -178,33 +199,45 @@ def main() -> None:
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     parser.add_argument("--compare_nanogpt", default=None, help="a nanoGPT checkout: also run the quick start side by side")
     parser.add_argument("--data_dir", default=None, help="prepared char-level data for --compare_nanogpt")
+    parser.add_argument("--malloc", choices=("reuse", "glibc"), default="reuse",
+                        help="on CPU: keep freed memory for the next step as train.py does (reuse), or glibc's defaults")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    train_dtype = resolve_dtype(args.dtype, device, training=True)
+    sample_dtype = resolve_dtype(args.dtype, device)
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         raise SystemExit(f"unknown model {unknown[0]}: choose from {', '.join(MODELS)}")
 
-    peak = device_peak_flops(device, dtype)
-    info = {"date": time.strftime("%Y-%m-%d"), "device": device, "dtype": dtype, "compile": args.compile,
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "peak_tflops": peak / 1e12,
+    if device == "cpu" and args.malloc == "reuse":
+        keep_freed_memory_for_reuse()
+    info = {"date": time.strftime("%Y-%m-%d"), "device": device, "train_dtype": train_dtype, "sample_dtype": sample_dtype, "compile": args.compile,
+            "malloc": args.malloc if device == "cpu" else None, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()}
-    print(f"{info['device_name']} ({device}, {dtype}, torch {torch.__version__}, {info['threads']} threads), peak {peak / 1e12:.2f} TFLOP/s")
+    print(f"{info['device_name']} ({device}, torch {torch.__version__}, {info['threads']} threads)")
+    print(f"training in {train_dtype}, sampling in {sample_dtype}" + (f", malloc {args.malloc}" if device == "cpu" else ""))
     results = {"info": info, "training": {}, "sampling": {}}
     with tempfile.TemporaryDirectory() as tmp:
         # random tokens on disk: get_batch reads a memmap exactly as in training
         path = Path(tmp) / "tokens.bin"
-        np.random.default_rng(0).integers(0, 245, 2_000_000, dtype=np.uint16).tofile(path)
+        rng = np.random.default_rng(0)
+        with open(path, "wb") as f:  # in small pieces: freeing one large block would change how glibc's malloc behaves
+            for _ in range(32):
+                rng.integers(0, 245, 65_536, dtype=np.uint16).tofile(f)
         data = np.memmap(path, dtype=np.uint16, mode="r")
-        print(f"\n{'training':12s} {'params':>8s} {'ms/iter':>9s} {'tokens/s':>10s} {'MFU':>7s} {'batch share':>12s}")
         for name in names:
-            r = bench_training(MODELS[name], device, dtype, args.compile, args.iters or MODELS[name].iters, data)
-            results["training"][name] = r
-            print(f"{name:12s} {r['params_M']:7.2f}M {r['ms_per_iter']:9.2f} {r['tokens_per_s']:10,.0f} {r['mfu'] * 100:6.1f}% {r['batch_share'] * 100:11.2f}%")
+            results["training"][name] = bench_training(MODELS[name], device, train_dtype, args.compile, args.iters or MODELS[name].iters, data)
+    # the peak is measured after the timed steps: its large matmul would change how glibc's malloc behaves
+    peak = device_peak_flops(device, train_dtype)
+    info["peak_tflops"] = peak / 1e12
+    print(f"\n{'training':12s} {'params':>8s} {'ms/iter':>9s} {'tokens/s':>10s} {'MFU':>7s} {'batch share':>12s}   peak {peak / 1e12:.2f} TFLOP/s")
+    for name, r in results["training"].items():
+        r["mfu"] = r["flops_per_s"] / peak
+        print(f"{name:12s} {r['params_M']:7.2f}M {r['ms_per_iter']:9.2f} {r['tokens_per_s']:10,.0f} {r['mfu'] * 100:6.1f}% {r['batch_share'] * 100:11.2f}%")
     print(f"\n{'sampling':12s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'500 cached':>11s} {'500 recompute':>14s} {'ratio':>6s} {'same tokens':>12s}")
     for name in names:
-        r = bench_sampling(MODELS[name], device, dtype)
+        r = bench_sampling(MODELS[name], device, sample_dtype)
         results["sampling"][name] = r
         print(f"{name:12s} {r['prefill_tokens_per_s']:14,.0f} {r['decode_tokens_per_s']:13,.0f} {r['cached_500_s']:10.2f}s "
               f"{r['recompute_500_s']:13.2f}s {r['kv_speedup']:5.1f}x {str(r['same_tokens']):>12s}")
@@ -213,9 +246,10 @@ def main() -> None:
             raise SystemExit("--compare_nanogpt needs --data_dir: a folder prepared by data/qazdata_char/prepare.py")
         c = compare_nanogpt(Path(args.compare_nanogpt), Path(args.data_dir))
         results["vs_nanogpt"] = c
-        print(f"\nquick start, 2000 iterations: {'':8s} {'wall':>8s} {'median ms':>10s} {'val loss':>9s}")
+        print(f"\nquick start, 2000 iterations: {'':8s} {'wall':>8s} {'median ms':>10s} {'val loss':>9s} {'full val':>9s}")
         for name in ("nanogpt", "kazgpt"):
-            print(f"{name:38s} {c[name]['wall_s']:7.1f}s {c[name]['median_ms']:10.2f} {c[name]['val_loss']:9.4f}")
+            r = c[name]
+            print(f"{name:38s} {r['wall_s']:7.1f}s {r['median_ms']:10.2f} {r['val_loss']:9.4f} {r['full_val_loss']:9.4f}")
         print(f"{'ratio kazgpt/nanogpt':38s} {c['wall_ratio']:7.2f}x {c['median_ms_ratio']:9.2f}x")
     Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"\nwrote {args.json}")

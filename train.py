@@ -38,8 +38,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 from common import (REPO_ROOT, UserError, autocast_context, bits_per_byte, closest, device_peak_flops, find_checkpoint,
-                    is_rank0, load_checkpoint, load_dataset_meta, print0, resolve_device, resolve_dtype, run_main,
-                    save_checkpoint)
+                    is_rank0, keep_freed_memory_for_reuse, load_checkpoint, load_dataset_meta, print0, resolve_device,
+                    resolve_dtype, run_main, save_checkpoint)
 from model import GPT, GPTConfig
 
 
@@ -85,7 +85,7 @@ class TrainConfig:
     # system
     backend: str = "nccl"  # DDP backend on CUDA; CPU runs use gloo
     device: Optional[str] = None  # None: cuda, then mps, then cpu
-    dtype: Optional[str] = None  # None: bfloat16 on CUDA where supported (else float16), float32 elsewhere
+    dtype: Optional[str] = None  # None: bf16 on CUDA where supported (else fp16) and on CPUs with fast bf16 matmuls, else fp32
     compile: Optional[bool] = None  # None: compile on CUDA, where it pays; eager on CPU and MPS
     seed: int = 1337
 
@@ -198,6 +198,8 @@ def main() -> int:
     if cfg.gradient_accumulation_steps % world_size:
         raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by the number of processes ({world_size}): it counts micro-steps over all of them")
     device = resolve_device(cfg.device)
+    if device == "cpu":
+        keep_freed_memory_for_reuse()
     if ddp:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
         if device.startswith("cuda"):
@@ -211,7 +213,11 @@ def main() -> int:
         rank, local_rank = 0, 0
     master = rank == 0
     accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-steps per process
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.dtype, device, training=True)
+    if ddp and cfg.dtype is None:  # on CPU a timing picks the default: every rank takes rank 0's pick
+        picked = [dtype]
+        dist.broadcast_object_list(picked, src=0)
+        dtype = picked[0]
     use_compile = device.startswith("cuda") if cfg.compile is None else cfg.compile
     torch.manual_seed(cfg.seed + rank)
     if device.startswith("cuda"):
