@@ -214,7 +214,7 @@ def main() -> int:
     master = rank == 0
     accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-steps per process
     dtype = resolve_dtype(cfg.dtype, device, training=True)
-    if ddp and cfg.dtype is None:  # on CPU a timing picks the default: every rank takes rank 0's pick
+    if ddp and device == "cpu" and cfg.dtype is None:  # a timing picked it: every rank takes rank 0's pick
         picked = [dtype]
         dist.broadcast_object_list(picked, src=0)
         dtype = picked[0]
