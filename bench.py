@@ -140,7 +140,7 @@ def full_val_loss(state_dict: dict, model_args: dict, val_path: Path) -> float:
     repo's GPT: the same windows for every model, so two runs compare without eval-batch noise
     (nanoGPT's parameter names and architecture are this GPT's)."""
     args = {k: model_args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")}
-    model = GPT(GPTConfig(**args, gelu_approximate="none"))
+    model = GPT(GPTConfig(**args, gelu_approximate=model_args.get("gelu_approximate", "none")))  # nanoGPT: exact GELU
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state_dict.items()})
     model.eval()
     val = torch.from_numpy(np.fromfile(val_path, dtype=np.uint16).astype(np.int64))

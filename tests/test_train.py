@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from common import cpu_supports_bf16
 from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run
 
 
@@ -111,7 +112,7 @@ def test_default_dtype_follows_the_measured_bf16_speed(monkeypatch):
     assert common.resolve_dtype(None, "cpu", training=True) == "float32"
 
 
-@pytest.mark.skipif(not __import__("common").cpu_supports_bf16(), reason="this CPU has no bfloat16 support")
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no bfloat16 support")
 def test_bf16_training_tracks_fp32(char_data, tmp_path):
     """bf16 autocast on CPU (attention kept in fp32) follows the fp32 run step by step for its
     first 100 steps. Later the two runs part the way runs with different seeds do (checked on
