@@ -5,7 +5,8 @@ argument is applied in order, either a Python config file or `--key=value`:
     python train.py config/train_qazdata_char.py --batch_size=32 --compile=False
 
 A config file is plain Python; its top-level names are the overrides (names starting with '_',
-modules, functions and classes are ignored, so a file may import and compute). Values given as
+modules, functions and classes are ignored, so a file may import and compute). It runs with the
+full rights of the user who starts the script, as nanoGPT's do: only run config files you trust. Values given as
 `--key=value` are read as Python literals, except for text keys, which take the text as it is.
 
 Strict: an unknown key is an error naming the closest known one, and a value of the wrong type is
@@ -19,9 +20,9 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
-from common import UserError, closest, print0
+from kazgpt.cli import UserError, closest, print0
 
 Config = TypeVar("Config")
 
@@ -55,7 +56,8 @@ def coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
         return float(value)
     elif str in allowed and isinstance(value, str):
         return value
-    raise UserError(f"{key} must be {_type_name(allowed, nullable)}, got {value!r} ({type(value).__name__}) from {source}")
+    raise UserError(f"{key} must be {_type_name(allowed, nullable)}, got {value!r} ({type(value).__name__}) "
+                    f"from {source}")
 
 
 def parse_cli_value(raw: str, annotation: Any) -> Any:
@@ -78,19 +80,24 @@ def read_config_file(path: str) -> dict[str, Any]:
     namespace: dict[str, Any] = {}
     try:
         exec(compile(p.read_text(encoding="utf-8"), str(p), "exec"), namespace)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a config file that exits has not configured anything
         raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
     return {k: v for k, v in namespace.items()
             if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
 
 
-def load_config(config_cls: type[Config], argv: list[str], verbose: bool = True) -> Config:
-    """An instance of config_cls with the config files and --key=value overrides of argv applied."""
+def load_config(config_cls: type[Config], argv: list[str], verbose: bool = True,
+                retired: Optional[dict[str, str]] = None) -> Config:
+    """An instance of config_cls with the config files and --key=value overrides of argv applied.
+    `retired` maps keys that are gone to what to use instead (for configs written for nanoGPT or an
+    older version of this repo)."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     hints = typing.get_type_hints(config_cls)
     values: dict[str, Any] = {}
 
     def apply(key: str, value: Any, source: str, from_cli: bool) -> None:
+        if key in (retired or {}):
+            raise UserError(f"config key '{key}' in {source} is no longer used: {retired[key]}")
         if key not in fields:
             raise UserError(f"unknown config key '{key}' in {source}{closest(key, fields)}")
         if from_cli:

@@ -19,21 +19,18 @@ EM 17.8 / F1 28.7.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import unicodedata
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 import configurator
-from common import (KAZQAD_SOURCE_ENV, UserError, autocast_context, clean_question, format_qa, kazqad_passages, nfc,
-                    passage_document, passage_header, read_kazqad_examples, resolve_device, resolve_dtype, run_main, split_documents)
-from model import generate_tokens
-from sample import StreamDecoder, load_model
+from kazgpt.checkpoint import load_model
+from kazgpt.cli import UserError, run_main
+from kazgpt.device import resolve_device, resolve_dtype
+from kazgpt.engine import first_line, stream_text
+from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_header, passage_key
+from kazgpt.qa import exact_match, token_f1
 
 MODES = ("closed_book", "reading")
 
@@ -53,46 +50,10 @@ class EvalConfig:
     dtype: Optional[str] = None
 
 
-def normalize_answer(text: str) -> str:
-    """Lower-case (Unicode-aware: Ә->ә, Ү->ү, І->і), punctuation to spaces, white space collapsed."""
-    text = nfc(text).lower()
-    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, golds: list[str]) -> float:
-    return float(any(normalize_answer(prediction) == normalize_answer(g) for g in golds))
-
-
-def token_f1(prediction: str, golds: list[str]) -> float:
-    """Harmonic mean of token precision and recall, the best over the gold answers."""
-    pred = normalize_answer(prediction).split()
-    best = 0.0
-    for gold in golds:
-        ref = normalize_answer(gold).split()
-        if not pred or not ref:
-            best = max(best, float(pred == ref))
-            continue
-        common = sum((Counter(pred) & Counter(ref)).values())
-        if common:
-            precision, recall = common / len(pred), common / len(ref)
-            best = max(best, 2 * precision * recall / (precision + recall))
-    return best
-
-
-def questions_to_ask(source: Optional[str], split: str) -> tuple[list[dict], str]:
-    splits = read_kazqad_examples(source)
-    if split not in splits:
-        raise UserError(f"the source has no '{split}' split (it has: {', '.join(sorted(splits))}): use --split={sorted(splits)[0]}")
-    if len(splits) > 1:
-        return splits[split], f"all {len(splits[split])} questions of the {split} split"
-    # one split: prepare.py split its passages 90/10, so only the held-out ones are fair questions
-    passages = kazqad_passages(splits[split])
-    docs = {key: passage_document(*key, exs) for key, exs in passages.items()}
-    _, val_docs = split_documents(list(docs.values()))
-    held_out = set(val_docs)
-    examples = [ex for key, exs in passages.items() if docs[key] in held_out for ex in exs]
-    return examples, f"{len(examples)} questions of the {len(held_out)} passages held out of training (the source has one split)"
+def prompts_for(example: dict) -> dict[str, str]:
+    """The prompt of each mode for one example, in the training layout."""
+    question = format_qa(clean_question(example["question"]))
+    return {"closed_book": question, "reading": passage_header(*passage_key(example)) + question}
 
 
 def main() -> None:
@@ -105,21 +66,15 @@ def main() -> None:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, cfg.checkpoint, device)
-    source = cfg.source if cfg.source is not None else (os.environ.get(KAZQAD_SOURCE_ENV) or None)
-    examples, what = questions_to_ask(source, cfg.split)
+    examples, what = held_out_examples(cfg.source, cfg.split)
     examples = examples[: cfg.limit] if cfg.limit else examples
     print(f"asking {what}" + (f", first {len(examples)}" if cfg.limit else ""))
 
     def answer(prompt: str) -> str:
-        ids = tokenizer.encode(prompt)
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
-        decoder, text = StreamDecoder(tokenizer), ""
-        with torch.no_grad(), autocast_context(device, dtype):
-            for token in generate_tokens(model, idx, cfg.max_new_tokens, greedy=True):
-                text += decoder.add(token.item())
-                if "\n" in text:  # the answer's line has ended
-                    break
-        return (text + decoder.flush()).split("\n")[0].strip()
+        """The greedy answer: the rest of the prompt's line. Unencodable prompts (characters outside a
+        char-level vocabulary) raise UserError."""
+        pieces = stream_text(model, tokenizer, tokenizer.encode(prompt), cfg.max_new_tokens, device, dtype, greedy=True)
+        return "".join(first_line(pieces)).strip()
 
     from tqdm import tqdm
 
@@ -128,24 +83,24 @@ def main() -> None:
     with open(output, "w", encoding="utf-8") as out:
         for ex in tqdm(examples, desc="questions", unit="q"):
             golds = [nfc(a).strip() for a in ex["answers"]["text"]] or [""]
-            question = clean_question(ex["question"])
-            header = passage_header(nfc(ex.get("title") or "").strip(), nfc(ex["context"]).strip())
-            prompts = {"closed_book": format_qa(question), "reading": header + format_qa(question)}
+            prompts = prompts_for(ex)
             for mode in modes:
                 try:
                     prediction = answer(prompts[mode])
-                except UserError:  # characters outside a char-level vocabulary: counted as wrong
+                except UserError:  # counted as wrong
                     prediction, scores[mode]["skipped"] = "", scores[mode]["skipped"] + 1
                 em, f1 = exact_match(prediction, golds), token_f1(prediction, golds)
                 scores[mode]["em"] += em
                 scores[mode]["f1"] += f1
                 scores[mode]["n"] += 1
-                out.write(json.dumps({"id": ex.get("id"), "mode": mode, "question": question, "prediction": prediction,
-                                      "answers": golds, "em": em, "f1": f1}, ensure_ascii=False) + "\n")
+                out.write(json.dumps({"id": ex.get("id"), "mode": mode, "question": clean_question(ex["question"]),
+                                      "prediction": prediction, "answers": golds, "em": em, "f1": f1},
+                                     ensure_ascii=False) + "\n")
     print(f"\n{'mode':12s} {'questions':>9s} {'EM':>6s} {'F1':>6s}")
     for mode, s in scores.items():
         n = max(1, s["n"])
-        print(f"{mode:12s} {s['n']:9d} {100 * s['em'] / n:6.1f} {100 * s['f1'] / n:6.1f}" + (f"  ({s['skipped']} unencodable)" if s["skipped"] else ""))
+        print(f"{mode:12s} {s['n']:9d} {100 * s['em'] / n:6.1f} {100 * s['f1'] / n:6.1f}"
+              + (f"  ({s['skipped']} unencodable)" if s["skipped"] else ""))
     print(f"per-question results: {output}")
 
 

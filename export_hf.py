@@ -21,14 +21,15 @@ from typing import Optional
 import torch
 
 import configurator
-from common import UserError, find_checkpoint, load_checkpoint, run_main, tokenizer_from_spec
-from model import GPT, GPTConfig
+from kazgpt.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from kazgpt.cli import UserError, run_main
+from kazgpt.tokenizer import EOT, tokenizer_from_spec
+from model import GPT, HF_ATTENTION_BUFFERS, HF_CONV1D_WEIGHTS
 
 GPT2_FILES = {  # where tiktoken fetches GPT-2's BPE files; with TIKTOKEN_CACHE_DIR they come from its cache
     "merges.txt": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
     "vocab.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
 }
-EOT = "<|endoftext|>"
 
 
 @dataclass
@@ -49,13 +50,12 @@ def to_transformers(model: GPT, eot_token: Optional[int]):
                            tie_word_embeddings=True, bos_token_id=eot_token, eos_token_id=eot_token)
     hf = GPT2LMHeadModel(hf_config)
     ours = model.state_dict()
-    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     with torch.no_grad():
         for name, tensor in hf.state_dict().items():
-            if name.endswith((".attn.bias", ".attn.masked_bias")):
+            if name.endswith(HF_ATTENTION_BUFFERS):
                 continue
             if name in ours:
-                tensor.copy_(ours[name].t() if name.endswith(transposed) else ours[name])
+                tensor.copy_(ours[name].t() if name.endswith(HF_CONV1D_WEIGHTS) else ours[name])
             elif name.endswith(".bias"):  # trained with bias=False
                 tensor.zero_()
             else:
@@ -105,9 +105,9 @@ def save_tokenizer(spec: dict, folder: Path) -> None:
 
 def main() -> None:
     cfg = configurator.load_config(ExportConfig, sys.argv[1:], verbose=False)
-    ckpt = load_checkpoint(find_checkpoint(Path(cfg.out_dir), cfg.checkpoint))
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
+    ckpt_path = find_checkpoint(Path(cfg.out_dir), cfg.checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
     folder = Path(cfg.export_dir)
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"{folder} exists and is not empty: choose a new --export_dir")
@@ -115,8 +115,8 @@ def main() -> None:
     eot_token = tokenizer_from_spec(ckpt["tokenizer"]).eot_token
     to_transformers(model, eot_token).save_pretrained(folder, safe_serialization=True)
     save_tokenizer(ckpt["tokenizer"], folder)
-    (folder / "kazgpt_export.json").write_text(json.dumps({"source": str(find_checkpoint(Path(cfg.out_dir), cfg.checkpoint)),
-                                                           "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]["kind"]}))
+    record = {"source": str(ckpt_path), "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]["kind"]}
+    (folder / "kazgpt_export.json").write_text(json.dumps(record))
     print(f"exported {sorted(p.name for p in folder.iterdir())} to {folder}")
 
 

@@ -1,8 +1,12 @@
 """
-The GPT-2 language model: learned positions, pre-LayerNorm blocks, tanh-GELU MLPs, tied input and
-output embeddings, optional biases, dropout, and attention through scaled_dot_product_attention
-(flash attention where the device has it). Loads OpenAI's GPT-2 weights, or any GPT-2 folder
-saved by Hugging Face `transformers`, and generates with a KV cache.
+The GPT-2 language model: learned positions, pre-LayerNorm blocks, GELU MLPs (exact GELU for
+models trained here, GPT-2's tanh approximation for its weights), tied input and output
+embeddings, optional biases, dropout, and attention through scaled_dot_product_attention (flash
+attention where the device has it). Loads OpenAI's GPT-2 weights, or any GPT-2 folder saved by
+Hugging Face `transformers`, and generates with a KV cache.
+
+The model knows nothing of command lines: bad arguments raise ValueError, and the scripts turn
+that into a one-line message naming the flag to change.
 
 Generation past block_size (the window policy): the model sees at most block_size tokens with
 positions 0..block_size-1. When the window is full and one more token is needed, the context
@@ -14,17 +18,17 @@ policy by recomputing, and is the reference that the cached path is tested again
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from common import UserError
+# transformers keeps GPT-2's Conv1D layers, whose weights are the transpose of nn.Linear's
+HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_ATTENTION_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights
 
 
 @dataclass
@@ -36,13 +40,16 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
-    gelu_approximate: str = "none"  # 'none': exact GELU (2x faster on CPU); 'tanh': GPT-2's, for its weights
+    gelu_approximate: str = "none"  # 'none': exact GELU (faster on CPU); 'tanh': GPT-2's, for its weights
 
     def __post_init__(self):
         if self.gelu_approximate not in ("none", "tanh"):
-            raise UserError(f"gelu_approximate must be 'none' or 'tanh', got '{self.gelu_approximate}'")
+            raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got '{self.gelu_approximate}'")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
-            raise UserError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
     @property
     def head_dim(self) -> int:
@@ -85,11 +92,12 @@ class CausalSelfAttention(nn.Module):
             v = cache.v[layer, :, :, : start + T]
             if start > 0:  # queries at positions start.. see every cached key and the causal part of their own
                 causal = False
-                mask = None if T == 1 else torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                if T > 1:
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
         dropout_p = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # PyTorch's CPU flash-attention backward is ~5x slower in bf16 than in fp32 (3.6 vs 0.7 ms
-            # for the quick-start shapes), so on CPU attention runs in fp32 and only the matmuls in bf16
+            # PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32
+            # (BENCHMARKS.md), so on CPU attention runs in fp32 and only the matmuls in bf16
             with torch.autocast("cpu", enabled=False):
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                    dropout_p=dropout_p, is_causal=causal).to(q.dtype)
@@ -180,52 +188,35 @@ class GPT(nn.Module):
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context window, e.g. to finetune GPT-2 (1024) with a smaller block_size."""
         if block_size > self.config.block_size:
-            raise UserError(f"block_size {block_size} is larger than the model's {self.config.block_size}: use --block_size={self.config.block_size} or less")
+            raise ValueError(f"block_size {block_size} is larger than the model's {self.config.block_size}")
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dropout: float = 0.0) -> "GPT":
         """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) from the Hugging Face hub, or a
-        local folder holding a transformers GPT2LMHeadModel."""
+        local folder holding a transformers GPT2LMHeadModel. Loading errors propagate; a model this
+        GPT cannot hold raises ValueError."""
         from transformers import GPT2LMHeadModel
 
-        try:
-            hf = GPT2LMHeadModel.from_pretrained(name_or_path)
-        except Exception as e:
-            where = "folder" if Path(name_or_path).exists() else "model"
-            raise UserError(f"could not load the GPT-2 {where} '{name_or_path}' ({type(e).__name__}); offline, pass a local "
-                            "folder saved by transformers' GPT2LMHeadModel.save_pretrained") from None
+        hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         c = hf.config
         approximate = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(c.activation_function)
         if approximate is None:
-            raise UserError(f"'{name_or_path}' uses activation '{c.activation_function}'; this GPT has GELU only (gelu, gelu_new)")
+            raise ValueError(f"it uses activation '{c.activation_function}'; this GPT has GELU only (gelu, gelu_new)")
         config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
                            n_embd=c.n_embd, dropout=dropout, bias=True, gelu_approximate=approximate)
         model = cls(config)
         sd = model.state_dict()
-        # transformers keeps GPT-2's Conv1D layers, whose weights are the transpose of nn.Linear's
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-        hf_sd = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        hf_sd = {k: v for k, v in hf.state_dict().items() if not k.endswith(HF_ATTENTION_BUFFERS)}
         missing = set(sd) - set(hf_sd)
         if missing:
-            raise UserError(f"'{name_or_path}' lacks weights {sorted(missing)[:3]}: it is not a GPT-2 checkpoint")
+            raise ValueError(f"it lacks weights {sorted(missing)[:3]}: it is not a GPT-2 checkpoint")
         with torch.no_grad():
             for k, v in hf_sd.items():
                 if k in sd:
-                    sd[k].copy_(v.t() if k.endswith(transposed) else v)
+                    sd[k].copy_(v.t() if k.endswith(HF_CONV1D_WEIGHTS) else v)
         return model
-
-    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device: str):
-        """AdamW with weight decay on matrices (matmul weights, embeddings) and none on biases and
-        LayerNorm gains; the fused kernel on CUDA and CPU (on CPU it measured 6% faster per step)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        use_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.split(":")[0] in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if use_fused else {}))
 
     def flops_per_token(self, seq_len: Optional[int] = None) -> float:
         """Training FLOPs per token (forward + backward): 6 per parameter plus attention's
@@ -290,16 +281,19 @@ def _model_dtype(model: GPT, idx: torch.Tensor) -> torch.dtype:
 @torch.no_grad()
 def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
-                    generator: Optional[torch.Generator] = None, decode_step=decode_one_token) -> Iterator[torch.Tensor]:
+                    generator: Optional[torch.Generator] = None, vocab_size: Optional[int] = None,
+                    decode_step=decode_one_token) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens new tokens (B, 1) one at a time, with a KV cache and the window policy
-    described at the top of this file. `decode_step` may be a compiled decode_one_token."""
+    described at the top of this file. Only ids below vocab_size are sampled (the model's own
+    vocabulary may be padded past its tokenizer's). `decode_step` may be a compiled decode_one_token."""
+    vocab = vocab_size or model.config.vocab_size
     block = model.config.block_size
     keep = max(1, block // 2)
     cache = KVCache(model.config, idx.size(0), idx.device, _model_dtype(model, idx))
     tokens = idx
     logits = prefill(model, tokens[:, -block:], cache)
     for _ in range(max_new_tokens):
-        nxt = sample_next_token(logits, temperature, top_k, top_p, greedy, generator)
+        nxt = sample_next_token(logits[:, :vocab], temperature, top_k, top_p, greedy, generator)
         yield nxt
         tokens = torch.cat([tokens, nxt], dim=1)
         if cache.length == block:  # the window is full: slide it to the last `keep` tokens
@@ -311,9 +305,11 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperat
 @torch.no_grad()
 def generate_without_cache(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                            top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
-                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                           generator: Optional[torch.Generator] = None,
+                           vocab_size: Optional[int] = None) -> torch.Tensor:
     """The reference for generate_tokens: the same window policy, recomputing the whole context
     for every new token."""
+    vocab = vocab_size or model.config.vocab_size
     block = model.config.block_size
     keep = max(1, block // 2)
     start = max(0, idx.size(1) - block)  # the window's first token
@@ -321,7 +317,7 @@ def generate_without_cache(model: GPT, idx: torch.Tensor, max_new_tokens: int, t
     for _ in range(max_new_tokens):
         if tokens.size(1) - start > block:
             start = tokens.size(1) - keep
-        logits = model(tokens[:, start:])[0][:, -1, :]
+        logits = model(tokens[:, start:])[0][:, -1, :vocab]
         nxt = sample_next_token(logits, temperature, top_k, top_p, greedy, generator)
         tokens = torch.cat([tokens, nxt], dim=1)
     return tokens

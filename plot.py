@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import configurator
-from common import UserError, run_main
+from kazgpt.cli import UserError, run_main
 
 
 @dataclass
@@ -54,7 +54,8 @@ def plot_comparison(out_dirs: list[Path], ax) -> None:
         for s in steps:
             seconds += s["ms"] / 1000 * (s["iter"] - previous)
             elapsed[s["iter"]], previous = seconds, s["iter"]
-        points = [(elapsed[e["iter"]], e["val_bpb"]) for e in evals if e.get("val_bpb") is not None and e["iter"] in elapsed]
+        points = [(elapsed[e["iter"]], e["val_bpb"]) for e in evals
+                  if e.get("val_bpb") is not None and e["iter"] in elapsed]
         if not points:
             raise UserError(f"{out_dir}/log.jsonl has no val bits per byte: its dataset's meta.json lacks val_bytes")
         best = min(p[1] for p in points)
@@ -86,17 +87,21 @@ def main() -> None:
     out_dir = Path(cfg.out_dir)
     steps, evals = read_run_log(out_dir)
     if steps:
-        ax.plot([s["iter"] for s in steps], [s["loss"] for s in steps], color="tab:blue", alpha=0.25, lw=0.8, label="train loss (per step)")
+        ax.plot([s["iter"] for s in steps], [s["loss"] for s in steps], color="tab:blue", alpha=0.25, lw=0.8,
+                label="train loss (per step)")
     if evals:
-        ax.plot([e["iter"] for e in evals], [e["train_loss"] for e in evals], "o-", color="tab:blue", ms=3, label="train loss (eval)")
-        ax.plot([e["iter"] for e in evals], [e["val_loss"] for e in evals], "o-", color="tab:orange", ms=3, label="val loss (eval)")
+        ax.plot([e["iter"] for e in evals], [e["train_loss"] for e in evals], "o-", color="tab:blue", ms=3,
+                label="train loss (eval)")
+        ax.plot([e["iter"] for e in evals], [e["val_loss"] for e in evals], "o-", color="tab:orange", ms=3,
+                label="val loss (eval)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
     bpb = [e for e in evals if e.get("val_bpb") is not None]
     if bpb:
         ax2 = ax.twinx()
-        ax2.plot([e["iter"] for e in bpb], [e["val_bpb"] for e in bpb], "s--", color="tab:green", ms=3, label="val bits per byte")
+        ax2.plot([e["iter"] for e in bpb], [e["val_bpb"] for e in bpb], "s--", color="tab:green", ms=3,
+                 label="val bits per byte")
         ax2.set_ylabel("val bits per byte")
         lines = ax.get_legend_handles_labels()
         lines2 = ax2.get_legend_handles_labels()

@@ -18,9 +18,12 @@ from typing import Optional
 import torch
 
 import configurator
-from common import (TiktokenTokenizer, UserError, autocast_context, find_checkpoint, format_qa, load_checkpoint,
-                    nfc, resolve_device, resolve_dtype, run_main, tokenizer_from_spec)
-from model import GPT, GPTConfig, decode_one_token, generate_tokens
+from kazgpt.checkpoint import load_model
+from kazgpt.cli import UserError, run_main
+from kazgpt.device import resolve_device, resolve_dtype
+from kazgpt.engine import first_line, stream_text
+from kazgpt.kazqad import format_qa, nfc
+from model import decode_one_token
 
 
 @dataclass
@@ -47,28 +50,12 @@ def check_ranges(cfg: SampleConfig) -> None:
     if cfg.num_samples <= 0:
         raise UserError(f"num_samples must be at least 1, got {cfg.num_samples}")
     if not cfg.temperature > 0:
-        raise UserError(f"temperature must be above 0, got {cfg.temperature} (for the most likely tokens use --top_k=1)")
+        raise UserError(f"temperature must be above 0, got {cfg.temperature} "
+                        "(for the most likely tokens use --top_k=1)")
     if cfg.top_k is not None and cfg.top_k <= 0:
         raise UserError(f"top_k must be at least 1 (or None), got {cfg.top_k}")
     if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
         raise UserError(f"top_p must be in (0, 1] (or None), got {cfg.top_p}")
-
-
-def load_model(init_from: str, out_dir: str, checkpoint: str, device: str):
-    """The model (in eval mode, on device) and its tokenizer."""
-    if init_from == "resume":
-        ckpt = load_checkpoint(find_checkpoint(Path(out_dir), checkpoint))
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
-        tokenizer = tokenizer_from_spec(ckpt["tokenizer"])
-    elif init_from.startswith("gpt2") or Path(init_from).is_dir():
-        model = GPT.from_pretrained(init_from)
-        tok_file = Path(init_from) / "tokenizer.json"
-        tokenizer = tokenizer_from_spec({"kind": "hf", "tokenizer_json": tok_file.read_text(encoding="utf-8")}) if tok_file.exists() else TiktokenTokenizer("gpt2")
-    else:
-        raise UserError(f"init_from must be resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local GPT-2 folder; got '{init_from}'")
-    model.eval().to(device)
-    return model, tokenizer
 
 
 def read_prompt(start: str) -> str:
@@ -83,26 +70,30 @@ def read_prompt(start: str) -> str:
     return nfc(start)
 
 
-class StreamDecoder:
-    """Turns tokens into text as they come, holding back only the tokens of a character that is
-    not complete yet (a multi-byte character split across BPE tokens), so each piece is decoded once."""
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("the prompt is empty: give a --start text")
+    return ids
 
-    def __init__(self, tokenizer):
-        self.tokenizer, self.pending = tokenizer, []
 
-    def add(self, token: int) -> str:
-        self.pending.append(token)
-        text = self.tokenizer.decode(self.pending)
-        if text.endswith("\ufffd"):  # an unfinished UTF-8 sequence: wait for the next token
-            return ""
-        self.pending = []
-        return text
-
-    def flush(self) -> str:
-        """What is still held back at the end: bytes that never completed a character, shown as U+FFFD."""
-        text = self.tokenizer.decode(self.pending) if self.pending else ""
-        self.pending = []
-        return text
+def answer_questions(lines, tokenizer, generate) -> None:
+    """Interactive mode: each line read is a question, asked in the training layout ('<question>:');
+    the answer streams back until its line ends. A question that cannot be encoded is reported
+    and the session goes on."""
+    print("Ask a question (Ctrl-D to end).", file=sys.stderr)
+    for line in lines:
+        question = " ".join(nfc(line).split())
+        if not question:
+            continue
+        try:
+            ids = encode_prompt(tokenizer, format_qa(question))
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            continue
+        for piece in first_line(generate(ids)):
+            print(piece, end="", flush=True)
+        print(flush=True)
 
 
 def main() -> None:
@@ -114,50 +105,18 @@ def main() -> None:
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, cfg.checkpoint, device)
     decode_step = torch.compile(decode_one_token) if cfg.compile else decode_one_token
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-
-    def encode(prompt: str) -> list[int]:
-        ids = tokenizer.encode(prompt)
-        if not ids:
-            raise UserError("the prompt is empty: give a --start text")
-        return ids
-
-    def stream(ids: list[int]):
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
-        with torch.no_grad(), autocast_context(device, dtype):
-            for token in generate_tokens(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                                         generator=generator, decode_step=decode_step):
-                yield token.item()
-
+    generate = lambda ids: stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype, cfg.temperature,
+                                       cfg.top_k, cfg.top_p, generator=generator, decode_step=decode_step)
     if cfg.interactive:
-        print("Ask a question (Ctrl-D to end).", file=sys.stderr)
-        for line in sys.stdin:
-            question = " ".join(nfc(line).split())
-            if not question:
-                continue
-            decoder = StreamDecoder(tokenizer)
-            try:
-                ids = encode(format_qa(question))
-            except UserError as e:  # one bad question does not end the session
-                print(f"error: {e}", file=sys.stderr, flush=True)
-                continue
-            for token in stream(ids):
-                piece = decoder.add(token)
-                if "\n" in piece:  # an answer ends at the end of its line
-                    print(piece.split("\n")[0], flush=True)
-                    break
-                print(piece, end="", flush=True)
-            else:
-                print(flush=True)
+        answer_questions(sys.stdin, tokenizer, generate)
         return
-
     prompt = read_prompt(cfg.start)
-    ids = encode(prompt)
+    ids = encode_prompt(tokenizer, prompt)
     for _ in range(cfg.num_samples):
-        decoder = StreamDecoder(tokenizer)
         print(prompt, end="", flush=True)
-        for token in stream(ids):
-            print(decoder.add(token), end="", flush=True)
-        print(decoder.flush() + "\n---------------", flush=True)
+        for piece in generate(ids):
+            print(piece, end="", flush=True)
+        print("\n---------------", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,20 +9,24 @@ DDP on one node with 8 GPUs:
 
 DDP on 2 nodes (run on each, with node_rank 0 and 1; master_addr is node 0's address):
 
-    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py config/train_gpt2.py
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 \\
+        train.py config/train_gpt2.py
 
 (without Infiniband, prefix the command with NCCL_IB_DISABLE=1)
 
 Settings are the TrainConfig fields below, overridden by config files and --key=value flags
 (see configurator.py). The checkpoint in out_dir holds everything needed to continue exactly
 where a run stopped (init_from=resume), and everything sample.py needs (model and tokenizer).
+
+The loop reads the loss back from the device only every log_interval steps (and at evals), so a
+GPU never waits for the host in between; the NaN check and, under DDP, the agreement to stop on
+a signal happen at those points.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -31,15 +35,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
-from common import (REPO_ROOT, UserError, autocast_context, bits_per_byte, closest, device_peak_flops, find_checkpoint,
-                    is_rank0, keep_freed_memory_for_reuse, load_checkpoint, load_dataset_meta, print0, resolve_device,
-                    resolve_dtype, run_main, save_checkpoint)
+from kazgpt.checkpoint import (GPT2_NAMES, find_checkpoint, is_pretrained_name, load_checkpoint, load_pretrained,
+                               model_from_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint,
+                               set_rng_state)
+from kazgpt.cli import UserError, closest, is_rank0, print0, run_main
+from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch, load_dataset_meta, open_token_files,
+                            training_batches)
+from kazgpt.device import (autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
+                           resolve_dtype)
+from kazgpt.optim import adamw, lr_multiplier, set_lr
 from model import GPT, GPTConfig
 
 
@@ -48,11 +57,10 @@ class TrainConfig:
     # I/O
     out_dir: str = "out"
     eval_interval: int = 2000
-    log_interval: int = 1
+    log_interval: int = 1  # a log line, and the only read-back of the loss from the device, every N steps
     eval_iters: int = 200
     eval_only: bool = False  # evaluate once and exit
-    always_save_checkpoint: bool = True  # save ckpt.pt at every eval, not only when val loss improves
-    keep_checkpoints: str = "both"  # 'latest' (ckpt.pt), 'best' (best.pt, lowest val loss) or 'both'
+    keep_checkpoints: str = "both"  # 'latest' (ckpt.pt at every eval), 'best' (best.pt, lowest val loss) or 'both'
     init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir), 'gpt2*', or a local Hugging Face GPT-2 folder
     # wandb logging
     wandb_log: bool = False
@@ -85,14 +93,17 @@ class TrainConfig:
     # system
     backend: str = "nccl"  # DDP backend on CUDA; CPU runs use gloo
     device: Optional[str] = None  # None: cuda, then mps, then cpu
-    dtype: Optional[str] = None  # None: bf16 on CUDA where supported (else fp16) and on CPUs with fast bf16 matmuls, else fp32
+    dtype: Optional[str] = None  # None: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with fast bf16; else fp32
     compile: Optional[bool] = None  # None: compile on CUDA, where it pays; eager on CPU and MPS
     seed: int = 1337
 
 
+RETIRED_KEYS = {"always_save_checkpoint": "use keep_checkpoints: 'latest' (ckpt.pt at every eval), 'best' or 'both'"}
+
+
 def check_ranges(cfg: TrainConfig) -> None:
-    positive = ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "log_interval", "eval_iters",
-                "n_layer", "n_head", "n_embd")
+    positive = ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "log_interval",
+                "eval_iters", "n_layer", "n_head", "n_embd")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
@@ -108,50 +119,271 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError(f"keep_checkpoints must be 'latest', 'best' or 'both', got '{cfg.keep_checkpoints}'")
 
 
-def get_lr(it: int, cfg: TrainConfig) -> float:
-    """Linear warmup from learning_rate/(warmup_iters+1) (never 0), then cosine decay to min_lr."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-    if it >= cfg.lr_decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+# -----------------------------------------------------------------------------
+# processes, devices, output folder
 
 
-def batch_generator(*key: int) -> torch.Generator:
-    """A generator seeded from (seed, step, micro-step, ...): batches are a pure function of the
-    position in training, so a resumed run draws exactly the batches the uninterrupted run would
-    have, and a DDP run over W processes draws the same sequences as one process accumulating W
-    times as many micro-steps. (Python's hash of a tuple of ints does not vary between runs.)"""
-    return torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
+@dataclass
+class Processes:
+    """This process's place in the run: one process, or one rank of a torchrun DDP job."""
+    ddp: bool
+    rank: int
+    local_rank: int
+    world_size: int
+    device: str
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
 
 
-def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator, device: str):
-    """x, y (B, T): random windows of the token file and the same windows shifted by one."""
-    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
-    windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
-    x, y = windows[:, :-1], windows[:, 1:]
-    if device.startswith("cuda"):  # pinned memory lets the copy overlap with compute
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.contiguous().to(device), y.contiguous().to(device)
+def setup_processes(cfg: TrainConfig) -> Processes:
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1
+    if cfg.gradient_accumulation_steps % world_size:
+        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by the "
+                        f"number of processes ({world_size}): it counts micro-steps over all of them")
+    device = resolve_device(cfg.device)
+    tune_device(device)
+    if not ddp:
+        return Processes(False, 0, 0, 1, device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    backend = cfg.backend if device.startswith("cuda") else "gloo"  # NCCL needs GPUs
+    if backend != cfg.backend:
+        print0(f"DDP on {device}: using the gloo backend instead of {cfg.backend}")
+    dist.init_process_group(backend=backend)
+    return Processes(True, rank, local_rank, world_size, device)
 
 
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2]), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+def tune_device(device: str) -> None:
+    """Settings that make training faster on each kind of device and change no result that matters."""
+    if device == "cpu":
+        keep_freed_memory_for_reuse()
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
-def set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_initialized():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def training_dtype(cfg: TrainConfig, procs: Processes) -> str:
+    dtype = resolve_dtype(cfg.dtype, procs.device, training=True)
+    if procs.ddp and procs.device == "cpu" and cfg.dtype is None:  # a timing picked it: all take rank 0's pick
+        picked = [dtype]
+        dist.broadcast_object_list(picked, src=0)
+        dtype = picked[0]
+    return dtype
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """out_dir exists and is writable; temporary checkpoint files of a run killed while saving
+    (named by temporary_name, so no user file matches) are removed."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"out_dir {out_dir} is a file, not a folder: choose another --out_dir")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"out_dir {out_dir} is not writable ({e.strerror}): choose another --out_dir") from None
+    remove_stale_temporaries(out_dir)
+
+
+# -----------------------------------------------------------------------------
+# data and model
+
+
+def dataset_dir(cfg: TrainConfig) -> Path:
+    if cfg.data_dir:
+        return Path(cfg.data_dir)
+    data_dir = REPO_ROOT / "data" / cfg.dataset
+    if not data_dir.is_dir():
+        known = [p.name for p in (REPO_ROOT / "data").iterdir() if p.is_dir() and not p.name.startswith("_")]
+        raise UserError(f"unknown dataset '{cfg.dataset}': no folder data/{cfg.dataset}{closest(cfg.dataset, known)}")
+    return data_dir
+
+
+def new_model(cfg: TrainConfig, vocab_size: int) -> GPT:
+    padded_vocab = -(-vocab_size // 64) * 64  # a multiple of 64 makes the output matmul faster on GPUs
+    try:
+        config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                           n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+    except ValueError as e:
+        raise UserError(f"{e}: change --n_layer, --n_head, --n_embd or --block_size") from None
+    return GPT(config)
+
+
+def resumed_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, dict]:
+    ckpt_path = find_checkpoint(out_dir)
+    checkpoint = load_checkpoint(ckpt_path)
+    print0(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
+    vocab = checkpoint.get("model_args", {}).get("vocab_size", 0)
+    if checkpoint.get("tokenizer") != meta["tokenizer"] or vocab < meta["vocab_size"]:
+        raise UserError(f"checkpoint {ckpt_path} was trained with another vocabulary than dataset '{cfg.dataset}' "
+                        f"({vocab} vs {meta['vocab_size']} tokens): resume with the dataset it was trained on")
+    return model_from_checkpoint(checkpoint, dropout=cfg.dropout), checkpoint
+
+
+def pretrained_model(cfg: TrainConfig, meta: dict) -> GPT:
+    if not is_pretrained_name(cfg.init_from):
+        raise UserError(f"init_from must be scratch, resume, {', '.join(GPT2_NAMES)} or a local GPT-2 folder; "
+                        f"got '{cfg.init_from}'")
+    print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
+    model = load_pretrained(cfg.init_from, dropout=cfg.dropout)
+    if model.config.vocab_size < meta["vocab_size"]:
+        raise UserError(f"'{cfg.init_from}' has a vocabulary of {model.config.vocab_size} tokens but dataset "
+                        f"'{cfg.dataset}' uses {meta['vocab_size']}: finetune on a GPT-2 BPE dataset (e.g. qazdata)")
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+    return model
+
+
+def build_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, Optional[dict]]:
+    """The model to train, and the checkpoint it resumes from (None unless init_from=resume)."""
+    checkpoint = None
+    if cfg.init_from == "scratch":
+        model = new_model(cfg, meta["vocab_size"])
+    elif cfg.init_from == "resume":
+        model, checkpoint = resumed_model(cfg, meta, out_dir)
+    else:
+        model = pretrained_model(cfg, meta)
+    if model.config.block_size < cfg.block_size:  # a resumed or pretrained model has its own context length
+        raise UserError(f"block_size {cfg.block_size} is larger than {cfg.init_from}'s {model.config.block_size}: "
+                        f"use --block_size={model.config.block_size} or less")
+    return model, checkpoint
+
+
+def load_training_state(checkpoint: dict, optimizer, scaler, rank: int) -> None:
+    """Optimizer, grad scaler and this rank's RNG state from a checkpoint. Each group keeps the
+    base rate this run's config gives it (a resumed run may change learning_rate)."""
+    base_lrs = [group["base_lr"] for group in optimizer.param_groups]
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    for group, base_lr in zip(optimizer.param_groups, base_lrs):
+        group["base_lr"] = base_lr
+    if checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    states = checkpoint.get("rng") or []
+    if rank < len(states):
+        set_rng_state(states[rank])
+
+
+# -----------------------------------------------------------------------------
+# evaluation, checkpoints, the run record
+
+
+@torch.no_grad()
+def estimate_loss(model, data: dict, cfg: TrainConfig, procs: Processes, autocast) -> dict[str, float]:
+    """Mean loss over eval_iters fixed batches per split (the same batches at every eval)."""
+    model.eval()
+    out = {}
+    for split_id, split in enumerate(("train", "val")):
+        losses = torch.zeros(cfg.eval_iters, device=procs.device)
+        for k in range(cfg.eval_iters):
+            generator = batch_generator(cfg.seed, -1, split_id, k, procs.rank)
+            x, y = get_batch(data[split], cfg.batch_size, cfg.block_size, generator, procs.device)
+            with autocast:
+                losses[k] = model(x, y)[1]
+        mean = losses.mean()
+        if procs.ddp:
+            dist.all_reduce(mean, op=dist.ReduceOp.AVG)
+        out[split] = mean.item()
+    model.train()
+    return out
+
+
+@dataclass
+class CheckpointWriter:
+    """Writes checkpoints of this run into out_dir: what stays the same is bound here, what
+    changes (the iteration, the best val loss) is passed to each save."""
+    out_dir: Path
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    meta: dict
+    cfg: TrainConfig
+    procs: Processes
+
+    def save(self, name: str, iter_num: int, best_val_loss: float) -> None:
+        """Write out_dir/name from rank 0, with every rank's RNG state (a collective: all ranks call it)."""
+        states = [None] * self.procs.world_size
+        if self.procs.ddp:
+            dist.all_gather_object(states, rng_state())
+        else:
+            states = [rng_state()]
+        if self.procs.master:
+            save_checkpoint({
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "model_args": self.model.model_args(), "tokenizer": self.meta["tokenizer"], "iter_num": iter_num,
+                "best_val_loss": best_val_loss, "config": configurator.config_dict(self.cfg), "rng": states,
+            }, self.out_dir / name)
+
+
+class RunLog:
+    """The run's record: out_dir/log.jsonl (for plot.py and comparisons) and, if asked, wandb. Rank 0 only."""
+
+    def __init__(self, out_dir: Path, cfg: TrainConfig, active: bool):
+        self.file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if active else None
+        self.wandb = None
+        if active and cfg.wandb_log:
+            import wandb
+
+            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.config_dict(cfg))
+            self.wandb = wandb
+
+    def record(self, entry: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(entry) + "\n")
+            self.file.flush()
+        if self.wandb and "val_loss" in entry:
+            self.wandb.log({"iter": entry["iter"], "train/loss": entry["train_loss"], "val/loss": entry["val_loss"],
+                            "val/bpb": entry["val_bpb"], "lr": entry["lr"]})
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def report_eval(losses: dict, meta: dict, iter_num: int, tokens: int, lr: float, run_log: RunLog) -> None:
+    """The eval line ('step N: ...', nanoGPT's shape) and its record, with val bits per byte where
+    the dataset knows its val bytes."""
+    val_bpb = bits_per_byte(losses["val"], meta["val_tokens"], meta["val_bytes"]) if meta.get("val_bytes") else None
+    print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+           + (f", val bpb {val_bpb:.4f}" if val_bpb is not None else ""))
+    run_log.record({"iter": iter_num, "tokens": tokens, "train_loss": losses["train"], "val_loss": losses["val"],
+                    "val_bpb": val_bpb, "lr": lr})
+
+
+def report_step(loss: float, seconds: float, mfu: float, iter_num: int, tokens_per_iter: int, lr: float,
+                run_log: RunLog) -> None:
+    """The training line ('iter N: ...', nanoGPT's shape) and its record; seconds is per step."""
+    print0(f"iter {iter_num}: loss {loss:.4f}, time {seconds * 1000:.2f}ms, mfu {mfu * 100:.2f}%, "
+           f"{tokens_per_iter / seconds:,.0f} tok/s")
+    run_log.record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "loss": loss, "lr": lr,
+                    "ms": seconds * 1000, "mfu": mfu if mfu >= 0 else None})
+
+
+class SpeedMeter:
+    """Seconds per step over each interval between read-backs, and MFU as a running mean that
+    leaves out the first steps (compilation, warm-up)."""
+
+    def __init__(self, model: GPT, tokens_per_iter: int, world_size: int, peak_flops: float, start_iter: int):
+        self.model, self.tokens_per_iter, self.world_size = model, tokens_per_iter, world_size
+        self.peak_flops, self.start_iter = peak_flops, start_iter
+        self.mfu, self.t_last = -1.0, time.perf_counter()
+
+    def update(self, iter_num: int, steps: int) -> float:
+        """Seconds per step over the last `steps` steps, which ended at iter_num (call after a read-back)."""
+        now = time.perf_counter()
+        seconds, self.t_last = (now - self.t_last) / steps, now
+        if iter_num - self.start_iter >= 5:
+            mfu = self.model.estimate_mfu(self.tokens_per_iter / seconds / self.world_size, self.peak_flops)
+            self.mfu = mfu if self.mfu < 0 else 0.9 * self.mfu + 0.1 * mfu
+        return seconds
 
 
 class StopSignal:
@@ -171,256 +403,156 @@ class StopSignal:
             os._exit(128 + signum)
         self.signum = signum
         if is_rank0():
-            os.write(2, f"\n{name} received: finishing this step, then saving a checkpoint and exiting (send it again to exit at once)\n".encode())
+            os.write(2, f"\n{name} received: finishing this step, then saving a checkpoint and exiting "
+                        "(send it again to exit at once)\n".encode())
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"out_dir {out_dir} is a file, not a folder: choose another --out_dir")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"out_dir {out_dir} is not writable ({e.strerror}): choose another --out_dir") from None
-    for stale in out_dir.glob(".*.pt.tmp*"):  # left by a run killed while saving
-        stale.unlink()
+def agreed_signal(signum: int, procs: Processes) -> int:
+    """The signal every process stops for (the largest any of them received), so that all stop together."""
+    if not procs.ddp:
+        return signum
+    flag = torch.tensor(signum, device=procs.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def read_back_losses(step_losses: list, procs: Processes, first_iter: int, out_dir: Path) -> list[float]:
+    """The per-step losses kept on the device since the last read-back, averaged over processes:
+    one transfer and one collective per log interval. A non-finite loss stops the run, naming its step."""
+    losses = torch.stack(step_losses)
+    if procs.ddp:
+        dist.all_reduce(losses, op=dist.ReduceOp.AVG)
+    values = losses.tolist()
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise UserError(f"the loss became {value} at step {first_iter + i}; {out_dir} keeps the last good "
+                            "checkpoint: lower --learning_rate or use --dtype=float32/bfloat16")
+    return values
+
+
+def train_step(model, raw_model: GPT, optimizer, scaler, batches, batch: tuple, accum_steps: int,
+               grad_clip: float, ddp: bool, autocast) -> tuple[torch.Tensor, tuple]:
+    """One optimizer step over accum_steps micro-batches of this process, gradients averaged over
+    all processes. Returns the step's mean loss, left on the device, and the next batch."""
+    x, y = batch
+    loss_sum = torch.zeros((), device=x.device)
+    for micro_step in range(accum_steps):
+        sync = nullcontext() if (not ddp or micro_step == accum_steps - 1) else model.no_sync()
+        with sync:  # DDP all-reduces gradients on the last micro-step only
+            with autocast:
+                _, loss = model(x, y)
+            x, y = next(batches)  # the host prepares the next batch while the device works
+            loss_sum += loss.detach()
+            scaler.scale(loss / accum_steps).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / accum_steps, (x, y)
+
+
+# -----------------------------------------------------------------------------
 
 
 def main() -> int:
-    cfg = configurator.load_config(TrainConfig, sys.argv[1:], verbose=is_rank0())
+    cfg = configurator.load_config(TrainConfig, sys.argv[1:], verbose=is_rank0(), retired=RETIRED_KEYS)
     check_ranges(cfg)
 
     # ---- processes and devices ----
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1
-    if cfg.gradient_accumulation_steps % world_size:
-        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by the number of processes ({world_size}): it counts micro-steps over all of them")
-    device = resolve_device(cfg.device)
-    if device == "cpu":
-        keep_freed_memory_for_reuse()
-    if ddp:
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-        if device.startswith("cuda"):
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-        backend = cfg.backend if device.startswith("cuda") else "gloo"  # NCCL needs GPUs
-        if backend != cfg.backend:
-            print0(f"DDP on {device}: using the gloo backend instead of {cfg.backend}")
-        dist.init_process_group(backend=backend)
-    else:
-        rank, local_rank = 0, 0
-    master = rank == 0
-    accum_steps = cfg.gradient_accumulation_steps // world_size  # micro-steps per process
-    dtype = resolve_dtype(cfg.dtype, device, training=True)
-    if ddp and device == "cpu" and cfg.dtype is None:  # a timing picked it: every rank takes rank 0's pick
-        picked = [dtype]
-        dist.broadcast_object_list(picked, src=0)
-        dtype = picked[0]
+    procs = setup_processes(cfg)
+    device = procs.device
+    accum_steps = cfg.gradient_accumulation_steps // procs.world_size  # micro-steps per process
+    dtype = training_dtype(cfg, procs)
     use_compile = device.startswith("cuda") if cfg.compile is None else cfg.compile
-    torch.manual_seed(cfg.seed + rank)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed + procs.rank)
     autocast = autocast_context(device, dtype)
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    print0(f"device {device}, dtype {dtype}, compile {use_compile}, {world_size} process(es), tokens per iteration {tokens_per_iter:,}")
+    print0(f"device {device}, dtype {dtype}, compile {use_compile}, {procs.world_size} process(es), "
+           f"tokens per iteration {tokens_per_iter:,}")
 
     # ---- data ----
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else REPO_ROOT / "data" / cfg.dataset
-    if not data_dir.is_dir() and not cfg.data_dir:
-        known = [p.name for p in (REPO_ROOT / "data").iterdir() if p.is_dir() and not p.name.startswith("_")]
-        raise UserError(f"unknown dataset '{cfg.dataset}': no folder data/{cfg.dataset}{closest(cfg.dataset, known)}")
+    data_dir = dataset_dir(cfg)
     meta = load_dataset_meta(data_dir, cfg.block_size)
-    # one memmap per split, opened once; the OS page cache, not this process, holds what was read
-    data = {split: np.memmap(data_dir / f"{split}.bin", dtype=np.uint16, mode="r") for split in ("train", "val")}
-    print0(f"dataset {cfg.dataset}: {len(data['train']):,} train tokens, {len(data['val']):,} val tokens, vocab {meta['vocab_size']}")
+    data = open_token_files(data_dir)
+    print0(f"dataset {cfg.dataset}: {len(data['train']):,} train tokens, {len(data['val']):,} val tokens, "
+           f"vocab {meta['vocab_size']}")
 
-    # ---- model ----
+    # ---- model and optimizer ----
     out_dir = Path(cfg.out_dir)
-    if master:
-        prepare_out_dir(out_dir)
-    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
-    if cfg.init_from == "scratch":
-        padded_vocab = -(-meta["vocab_size"] // 64) * 64  # a multiple of 64 makes the output matmul faster on GPUs
-        model_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab, n_layer=cfg.n_layer,
-                                 n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
-        model = GPT(model_config)
-    elif cfg.init_from == "resume":
-        ckpt_path = find_checkpoint(out_dir)
-        checkpoint = load_checkpoint(ckpt_path)
-        print0(f"resuming from {ckpt_path} at iteration {checkpoint['iter_num']}")
-        model_config = GPTConfig(**{**checkpoint["model_args"], "dropout": cfg.dropout})
-        if checkpoint["tokenizer"] != meta["tokenizer"] or model_config.vocab_size < meta["vocab_size"]:
-            raise UserError(f"checkpoint {ckpt_path} was trained with another vocabulary than dataset '{cfg.dataset}' "
-                            f"({model_config.vocab_size} vs {meta['vocab_size']} tokens): resume with the dataset it was trained on")
-        model = GPT(model_config)
-        model.load_state_dict(checkpoint["model"])
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-    else:  # gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a local transformers GPT-2 folder
-        if not (cfg.init_from.startswith("gpt2") or Path(cfg.init_from).is_dir()):
-            raise UserError(f"init_from must be scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local GPT-2 folder; got '{cfg.init_from}'")
-        print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
-        model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout)
-        if model.config.vocab_size < meta["vocab_size"]:
-            raise UserError(f"'{cfg.init_from}' has a vocabulary of {model.config.vocab_size} tokens but dataset '{cfg.dataset}' uses {meta['vocab_size']}: finetune on a GPT-2 BPE dataset (e.g. qazdata)")
-        if cfg.block_size < model.config.block_size:
-            model.crop_block_size(cfg.block_size)
-        model_config = model.config
-    if model_config.block_size < cfg.block_size:  # a resumed or pretrained model has its own context length
-        raise UserError(f"block_size {cfg.block_size} is larger than {cfg.init_from}'s {model_config.block_size}: use --block_size={model_config.block_size} or less")
-    model.to(device)
-    raw_model = model  # the plain module, for checkpoints and MFU; `model` may be compiled and DDP-wrapped
+    if procs.master:
+        check_out_dir(out_dir)
+    raw_model, checkpoint = build_model(cfg, meta, out_dir)  # the plain module, for checkpoints and MFU
+    raw_model.to(device)
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")
-
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device)
+    optimizer = adamw(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
+    iter_num, best_val_loss = 0, float("inf")
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        states = checkpoint.get("rng") or []
-        if rank < len(states):
-            set_rng_state(states[rank])
+        load_training_state(checkpoint, optimizer, scaler, procs.rank)
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     checkpoint = None  # free memory
-
+    model = raw_model  # what the loop calls: maybe compiled, maybe DDP-wrapped
     if use_compile:
         print0("compiling the model...")
         model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None)
-
-    @torch.no_grad()
-    def estimate_loss() -> dict[str, float]:
-        """Mean loss over eval_iters fixed batches per split (the same batches at every eval)."""
-        model.eval()
-        out = {}
-        for split_id, split in enumerate(("train", "val")):
-            losses = torch.zeros(cfg.eval_iters, device=device)
-            for k in range(cfg.eval_iters):
-                x, y = get_batch(data[split], cfg.batch_size, cfg.block_size, batch_generator(cfg.seed, -1, split_id, k, rank), device)
-                with autocast:
-                    losses[k] = model(x, y)[1]
-            mean = losses.mean()
-            if ddp:
-                dist.all_reduce(mean, op=dist.ReduceOp.AVG)
-            out[split] = mean.item()
-        model.train()
-        return out
-
-    def save(name: str) -> None:
-        """Write out_dir/name from rank 0, with every rank's RNG state."""
-        states = [None] * world_size
-        if ddp:
-            dist.all_gather_object(states, rng_state())
-        else:
-            states = [rng_state()]
-        if master:
-            save_checkpoint({
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "model_args": raw_model.model_args(),
-                "tokenizer": meta["tokenizer"], "iter_num": iter_num, "best_val_loss": best_val_loss,
-                "config": configurator.config_dict(cfg), "rng": states,
-            }, out_dir / name)
-
-    run_log = open(out_dir / "log.jsonl", "a", encoding="utf-8") if master else None
-
-    def record(entry: dict) -> None:
-        """Append one line to out_dir/log.jsonl, the run's record for plots and comparisons."""
-        if run_log:
-            run_log.write(json.dumps(entry) + "\n")
-            run_log.flush()
-
-    if cfg.wandb_log and master:
-        import wandb
-
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.config_dict(cfg))
+    if procs.ddp:
+        model = DDP(model, device_ids=[procs.local_rank] if device.startswith("cuda") else None)
 
     # ---- training loop ----
+    run_log = RunLog(out_dir, cfg, procs.master)
+    writer = CheckpointWriter(out_dir, raw_model, optimizer, scaler, meta, cfg, procs)
     stop = StopSignal()
-    peak_flops = device_peak_flops(device, dtype)
-    start_iter = iter_num
-    running_mfu = -1.0
-    signum = 0  # the signal that stopped the run, if any
-    t_last = time.perf_counter()
+    speed = SpeedMeter(raw_model, tokens_per_iter, procs.world_size, device_peak_flops(device, dtype), iter_num)
+    batches = training_batches(data["train"], cfg.batch_size, cfg.block_size, cfg.seed, iter_num, accum_steps,
+                               procs.rank * accum_steps, device)
+    batch = next(batches)  # each next batch is fetched while the device computes the current one
+    start_iter, signum = iter_num, 0
+    step_losses: list[torch.Tensor] = []  # per-step losses on the device, read back at the next log step
     while True:
-        lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
+        lr_scale = lr_multiplier(iter_num, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr / cfg.learning_rate) \
+            if cfg.decay_lr else 1.0
+        set_lr([optimizer], lr_scale)
         last_iter = iter_num >= cfg.max_iters
         if iter_num % cfg.eval_interval == 0 or last_iter or cfg.eval_only:
-            losses = estimate_loss()
-            val_bpb = bits_per_byte(losses["val"], meta["val_tokens"], meta["val_bytes"]) if meta.get("val_bytes") else None
-            print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                   + (f", val bpb {val_bpb:.4f}" if val_bpb is not None else ""))
-            record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "train_loss": losses["train"],
-                    "val_loss": losses["val"], "val_bpb": val_bpb, "lr": lr})
-            if cfg.wandb_log and master:
-                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "val/bpb": val_bpb, "lr": lr})
+            losses = estimate_loss(model, data, cfg, procs, autocast)
+            report_eval(losses, meta, iter_num, iter_num * tokens_per_iter, cfg.learning_rate * lr_scale, run_log)
             improved = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
-            if iter_num > start_iter and not cfg.eval_only:
-                if cfg.keep_checkpoints in ("latest", "both") and (improved or cfg.always_save_checkpoint or last_iter):
-                    save("ckpt.pt")
+            if iter_num > start_iter and not cfg.eval_only and math.isfinite(losses["val"]):
+                if cfg.keep_checkpoints in ("latest", "both"):
+                    writer.save("ckpt.pt", iter_num, best_val_loss)
                 if cfg.keep_checkpoints in ("best", "both") and improved:
-                    save("best.pt")
+                    writer.save("best.pt", iter_num, best_val_loss)
                 print0(f"saved checkpoint to {out_dir}")
         if cfg.eval_only or last_iter:
             break
 
-        # one optimizer step: accum_steps micro-steps per process, gradients averaged over all of them
-        loss_sum = torch.zeros((), device=device)
-        for micro_step in range(accum_steps):
-            global_micro = rank * accum_steps + micro_step
-            x, y = get_batch(data["train"], cfg.batch_size, cfg.block_size, batch_generator(cfg.seed, iter_num, global_micro), device)
-            sync = nullcontext() if (not ddp or micro_step == accum_steps - 1) else model.no_sync()
-            with sync:  # DDP all-reduces gradients on the last micro-step only
-                with autocast:
-                    _, loss = model(x, y)
-                loss_sum += loss.detach()
-                scaler.scale(loss / accum_steps).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss, batch = train_step(model, raw_model, optimizer, scaler, batches, batch, accum_steps,
+                                      cfg.grad_clip, procs.ddp, autocast)
         iter_num += 1
+        step_losses.append(step_loss)
+        read_back = any(iter_num % n == 0 for n in (cfg.log_interval, cfg.eval_interval)) or iter_num >= cfg.max_iters
+        if read_back:
+            lossf = read_back_losses(step_losses, procs, iter_num - len(step_losses) + 1, out_dir)[-1]
+            seconds = speed.update(iter_num, len(step_losses))
+            step_losses = []
+            if iter_num % cfg.log_interval == 0:
+                report_step(lossf, seconds, speed.mfu, iter_num, tokens_per_iter, cfg.learning_rate * lr_scale, run_log)
 
-        loss_mean = loss_sum / accum_steps
-        if ddp:
-            dist.all_reduce(loss_mean, op=dist.ReduceOp.AVG)
-        lossf = loss_mean.item()
-        if not math.isfinite(lossf):
-            raise UserError(f"the loss became {lossf} at step {iter_num}; {out_dir} keeps the last good checkpoint: lower --learning_rate or use --dtype=float32/bfloat16")
-        now = time.perf_counter()
-        dt, t_last = now - t_last, now
-        if iter_num % cfg.log_interval == 0:
-            tokens_per_sec = tokens_per_iter / dt
-            if iter_num - start_iter >= 5:  # let the first iterations (compilation, warmup) pass
-                mfu = raw_model.estimate_mfu(tokens_per_sec / world_size, peak_flops)
-                running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
-            print0(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%, {tokens_per_sec:,.0f} tok/s")
-            record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "loss": lossf, "lr": lr,
-                    "ms": dt * 1000, "mfu": running_mfu if running_mfu >= 0 else None})
-
-        signum = stop.signum
-        if ddp:  # every process must agree to stop, or the next collective would hang
-            flag = torch.tensor(signum, device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            signum = int(flag.item())
+        # under DDP every process must agree to stop, or the next collective would hang: they agree at read-backs
+        signum = agreed_signal(stop.signum, procs) if (read_back or not procs.ddp) else 0
         if signum:
-            save("ckpt.pt")
-            print0(f"stopped at iteration {iter_num}: checkpoint saved to {out_dir / 'ckpt.pt'}; continue with --init_from=resume")
+            if step_losses:  # never save weights that a pending non-finite loss has spoilt
+                read_back_losses(step_losses, procs, iter_num - len(step_losses) + 1, out_dir)
+            writer.save("ckpt.pt", iter_num, best_val_loss)
+            print0(f"stopped at iteration {iter_num}: checkpoint saved to {out_dir / 'ckpt.pt'}; "
+                   "continue with --init_from=resume")
             break
 
-    if run_log:
-        run_log.close()
-    if cfg.wandb_log and master:
-        wandb.finish()
-    if ddp:
+    run_log.close()
+    if procs.ddp:
         dist.destroy_process_group()
     return 128 + signum if signum else 0
 

@@ -11,8 +11,8 @@ wandb_run_name = 'ft-gpt2'
 dataset = 'qazdata'
 init_from = 'gpt2'  # or gpt2-medium, gpt2-large, gpt2-xl, or a local Hugging Face GPT-2 folder
 
-# only save when val improves
-always_save_checkpoint = False
+# one checkpoint file (GPT-2 sizes are large): best.pt, the lowest val loss
+keep_checkpoints = 'best'
 
 # 1 batch * 32 micro-steps * 512 tokens = 16,384 tokens per step
 batch_size = 1

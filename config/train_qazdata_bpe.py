@@ -6,7 +6,6 @@ out_dir = 'out-qazdata-bpe'
 eval_interval = 250
 eval_iters = 20
 log_interval = 10
-always_save_checkpoint = False
 
 dataset = 'qazdata_bpe'
 gradient_accumulation_steps = 1

@@ -6,9 +6,6 @@ eval_interval = 250  # frequent: a model this size overfits a corpus this small
 eval_iters = 200
 log_interval = 10
 
-# only save when val improves: we expect to overfit
-always_save_checkpoint = False
-
 wandb_log = False
 wandb_project = 'qazdata-char'
 wandb_run_name = 'mini-gpt'

@@ -56,10 +56,20 @@ def run(script: str, *args: str, env: dict | None = None, timeout: int = 600, ch
         input_text: str | None = None) -> subprocess.CompletedProcess:
     """python <script> <args> from the repo root; check=True asserts exit 0 and shows stderr otherwise."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
-                          timeout=timeout, input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, script, *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input_text,
+        stdin=None if input_text is not None else subprocess.DEVNULL,
+    )
     if check:
-        assert proc.returncode == 0, f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, (
+            f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -84,6 +94,19 @@ def read_log(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
-TINY_MODEL = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
-              "--batch_size=8", "--gradient_accumulation_steps=1", "--dropout=0.0", "--eval_iters=4", "--log_interval=1",
-              "--warmup_iters=5", "--learning_rate=3e-3", "--min_lr=3e-4"]
+TINY_MODEL = [
+    "--device=cpu",
+    "--compile=False",
+    "--n_layer=2",
+    "--n_head=2",
+    "--n_embd=32",
+    "--block_size=32",
+    "--batch_size=8",
+    "--gradient_accumulation_steps=1",
+    "--dropout=0.0",
+    "--eval_iters=4",
+    "--log_interval=1",
+    "--warmup_iters=5",
+    "--learning_rate=3e-3",
+    "--min_lr=3e-4",
+]

@@ -3,7 +3,7 @@ from typing import Optional
 
 import pytest
 
-from common import UserError
+from kazgpt.cli import UserError
 from configurator import load_config
 
 
@@ -21,7 +21,9 @@ class Cfg:
 def test_defaults_and_cli_overrides():
     cfg = load_config(Cfg, ["--batch_size=32", "--learning_rate=1", "--compile=False", "--decay_lr=false",
                             "--top_k=None", "--out_dir=123", "--device=cpu"], verbose=False)
-    assert cfg == Cfg(out_dir="123", batch_size=32, learning_rate=1.0, compile=False, decay_lr=False, top_k=None, device="cpu")
+    assert cfg == Cfg(
+        out_dir="123", batch_size=32, learning_rate=1.0, compile=False, decay_lr=False, top_k=None, device="cpu"
+    )
     assert isinstance(cfg.learning_rate, float)
 
 
@@ -31,22 +33,27 @@ def test_bare_flag_sets_bool(tmp_path):
 
 def test_config_file_then_cli_in_order(tmp_path):
     f = tmp_path / "c.py"
-    f.write_text("import math\n_private = 3\nbatch_size = 2 * 8\nlearning_rate = math.sqrt(4) / 1000\ndef helper(): pass\n")
+    f.write_text(
+        "import math\n_private = 3\nbatch_size = 2 * 8\nlearning_rate = math.sqrt(4) / 1000\ndef helper(): pass\n"
+    )
     cfg = load_config(Cfg, [str(f), "--batch_size=4"], verbose=False)
     assert (cfg.batch_size, cfg.learning_rate) == (4, 0.002)
     assert load_config(Cfg, ["--batch_size=4", str(f)], verbose=False).batch_size == 16
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch_sise=3"], "unknown config key 'batch_sise' in the command line (did you mean 'batch_size'?)"),
-    (["--batch_size=3.5"], "batch_size must be int, got 3.5"),
-    (["--batch_size=True"], "batch_size must be int"),
-    (["--learning_rate=fast"], "learning_rate must be float"),
-    (["--decay_lr=2"], "decay_lr must be bool"),
-    (["--batch_size=None"], "batch_size must be int, got None"),
-    (["--batch_size"], "option --batch_size has no value"),
-    (["missing_config.py"], "config file missing_config.py not found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch_sise=3"], "unknown config key 'batch_sise' in the command line (did you mean 'batch_size'?)"),
+        (["--batch_size=3.5"], "batch_size must be int, got 3.5"),
+        (["--batch_size=True"], "batch_size must be int"),
+        (["--learning_rate=fast"], "learning_rate must be float"),
+        (["--decay_lr=2"], "decay_lr must be bool"),
+        (["--batch_size=None"], "batch_size must be int, got None"),
+        (["--batch_size"], "option --batch_size has no value"),
+        (["missing_config.py"], "config file missing_config.py not found"),
+    ],
+)
 def test_rejected(argv, message):
     with pytest.raises(UserError, match=None) as e:
         load_config(Cfg, argv, verbose=False)
@@ -56,7 +63,9 @@ def test_rejected(argv, message):
 def test_config_file_errors(tmp_path):
     bad_key = tmp_path / "bad_key.py"
     bad_key.write_text("learning_rte = 1e-3\n")
-    with pytest.raises(UserError, match=r"unknown config key 'learning_rte' in config file .*did you mean 'learning_rate'"):
+    with pytest.raises(
+        UserError, match=r"unknown config key 'learning_rte' in config file .*did you mean 'learning_rate'"
+    ):
         load_config(Cfg, [str(bad_key)], verbose=False)
     raises = tmp_path / "raises.py"
     raises.write_text("batch_size = 1 / 0\n")

@@ -6,10 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from common import CharTokenizer, HFTokenizer, TiktokenTokenizer, bits_per_byte, load_kazqad_text
+from kazgpt.dataset import bits_per_byte
+from kazgpt.kazqad import load_kazqad_text
+from kazgpt.tokenizer import CharTokenizer, HFTokenizer, TiktokenTokenizer, train_byte_level_bpe
 from conftest import KAZAKH_LETTERS, REPO, TINY_MODEL, make_examples, read_log, run, write_jsonl, write_kazqad_source
 
-KAZAKH_TEXT = f"Қазақ тілінде {KAZAKH_LETTERS} әріптері бар: әке, ғалым, қала, аң, өзен, ұлт, үй, һәм, із.\n«Сөз» — 2024 ж."
+KAZAKH_TEXT = (f"Қазақ тілінде {KAZAKH_LETTERS} әріптері бар: әке, ғалым, қала, аң, өзен, ұлт, үй, һәм, із."
+               "\n«Сөз» — 2024 ж.")
 
 
 def needs_tiktoken():
@@ -60,12 +63,7 @@ def test_round_trip(kind, tmp_path):
     elif kind == "gpt2":
         tok = needs_tiktoken()
     else:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("bpe_prepare", REPO / "data/qazdata_bpe/prepare.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        tok = HFTokenizer(mod.train_bpe([KAZAKH_TEXT[:40], "басқа мәтін"], 300))
+        tok = HFTokenizer(train_byte_level_bpe([KAZAKH_TEXT[:40], "басқа мәтін"], 300))
     ids = tok.encode(KAZAKH_TEXT)
     assert tok.decode(ids) == KAZAKH_TEXT
     assert max(ids) < tok.vocab_size
@@ -102,7 +100,8 @@ def test_kazakh_bpe_prepare_train_and_sample(kazqad_src, tmp_path):
     for e in evals:  # the logged bpb is val loss in bits per byte of val text
         assert e["val_bpb"] == pytest.approx(e["val_loss"] * meta["val_tokens"] / meta["val_bytes"] / math.log(2))
     (data / "tokenizer.json").unlink()  # the checkpoint alone must be enough to sample
-    proc = run("sample.py", f"--out_dir={out}", "--device=cpu", "--start=Өзеннің ұзындығы қанша?:", "--num_samples=1", "--max_new_tokens=30")
+    proc = run("sample.py", f"--out_dir={out}", "--device=cpu", "--start=Өзеннің ұзындығы қанша?:", "--num_samples=1",
+               "--max_new_tokens=30")
     assert proc.stdout.startswith("Өзеннің ұзындығы қанша?:") and len(proc.stdout) > 40
 
 
@@ -111,15 +110,18 @@ def test_finetune_local_gpt2(kazqad_src, tmp_path):
     needs_tiktoken()
     transformers = pytest.importorskip("transformers")
     hf_dir, data, out = tmp_path / "tiny-gpt2", tmp_path / "data", tmp_path / "out"
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)).save_pretrained(hf_dir)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)
+    transformers.GPT2LMHeadModel(config).save_pretrained(hf_dir)
     run("data/qazdata/prepare.py", f"--source={kazqad_src}", f"--out_dir={data}")
-    proc = run("train.py", "config/finetune_qazdata.py", f"--data_dir={data}", f"--out_dir={out}", f"--init_from={hf_dir}",
+    proc = run("train.py", "config/finetune_qazdata.py", f"--data_dir={data}", f"--out_dir={out}",
+               f"--init_from={hf_dir}",
                "--device=cpu", "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=6",
                "--eval_interval=3", "--eval_iters=2", "--learning_rate=1e-3")
     assert "initializing from OpenAI GPT-2 weights" in proc.stdout
     evals = [e for e in read_log(out) if "val_loss" in e]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
-    proc = run("sample.py", f"--out_dir={out}", "--device=cpu", "--start=Қазақстан", "--num_samples=1", "--max_new_tokens=8", "--top_k=1")
+    proc = run("sample.py", f"--out_dir={out}", "--device=cpu", "--start=Қазақстан", "--num_samples=1",
+               "--max_new_tokens=8", "--top_k=1")
     ours = proc.stdout.split("\n---------------")[0]
     assert ours.startswith("Қазақстан")
     # exported with GPT-2's own tokenizer files, the model continues the same way in transformers
@@ -131,12 +133,11 @@ def test_finetune_local_gpt2(kazqad_src, tmp_path):
     # and token for token: a random tiny model emits byte tokens that need not decode to whole characters
     import torch
 
-    from common import load_checkpoint, tokenizer_from_spec
-    from model import GPT, GPTConfig
+    from kazgpt.checkpoint import load_checkpoint, model_from_checkpoint
+    from kazgpt.tokenizer import tokenizer_from_spec
 
     ckpt = load_checkpoint(out / "best.pt")
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
+    model = model_from_checkpoint(ckpt)
     prompt = torch.tensor([tokenizer_from_spec(ckpt["tokenizer"]).encode("Қазақстан")])
     assert pipe.tokenizer("Қазақстан", return_tensors="pt").input_ids.tolist() == prompt.tolist()
     theirs = pipe.model.generate(prompt, max_new_tokens=8, do_sample=False)
@@ -155,7 +156,8 @@ def test_openwebtext_prepare_local_formats(tmp_path):
     write_jsonl(src / "b.jsonl", [{"text": d} for d in docs[1000:2000]])
     (src / "c.txt").write_text("\n\n".join(docs[2000:]) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    proc = run("data/openwebtext/prepare.py", f"--source={src}", f"--out_dir={out}", "--val_fraction=0.05", "--num_proc=2")
+    proc = run("data/openwebtext/prepare.py", f"--source={src}", f"--out_dir={out}", "--val_fraction=0.05",
+               "--num_proc=2")
     assert "3,000 documents" in proc.stdout
     meta = json.loads((out / "meta.json").read_text())
     tok = TiktokenTokenizer("gpt2")

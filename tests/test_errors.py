@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from common import UserError
+from kazgpt.cli import UserError
 from conftest import TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl
 
 
@@ -31,7 +31,8 @@ def trained(tmp_path_factory):
     """A prepared char dataset and a short run with its checkpoints."""
     root = tmp_path_factory.mktemp("errors")
     prepare_char_dataset(root, 20)
-    run("train.py", "config/train_qazdata_char.py", f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", *TINY_MODEL,
+    run("train.py", "config/train_qazdata_char.py", f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}",
+        *TINY_MODEL,
         "--max_iters=4", "--eval_interval=2")
     return root
 
@@ -84,15 +85,16 @@ def test_config_files(trained, tmp_path):
     assert_one_line_error(run("train.py", str(raises), check=False), "raises.py failed: NameError")
     bad_key = tmp_path / "bad_key.py"
     bad_key.write_text("n_layers = 4\n")
-    assert_one_line_error(run("train.py", str(bad_key), check=False), "unknown config key 'n_layers'", "did you mean 'n_layer'")
+    assert_one_line_error(run("train.py", str(bad_key), check=False), "unknown config key 'n_layers'",
+                          "did you mean 'n_layer'")
 
 
 def test_bf16_unsupported_is_refused(monkeypatch):
-    import common
+    from kazgpt import device
 
-    monkeypatch.setattr(common, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_supports_bf16", lambda: False)
     with pytest.raises(UserError, match="no bfloat16 support"):
-        common.resolve_dtype("bfloat16", "cpu")
+        device.resolve_dtype("bfloat16", "cpu")
 
 
 def test_accumulation_not_divisible_by_world_size(trained):
@@ -194,8 +196,10 @@ def test_resume_with_other_vocabulary(trained, tmp_path):
 def test_block_size_larger_than_pretrained(trained, tmp_path):
     transformers = pytest.importorskip("transformers")
     hf_dir = tmp_path / "tiny"
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=300)).save_pretrained(hf_dir)
-    assert_one_line_error(train(trained, f"--init_from={hf_dir}", "--block_size=32", out=tmp_path / "out"), "larger than", "--block_size=16")
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=300)
+    transformers.GPT2LMHeadModel(config).save_pretrained(hf_dir)
+    assert_one_line_error(train(trained, f"--init_from={hf_dir}", "--block_size=32", out=tmp_path / "out"),
+                          "larger than", "--block_size=16")
 
 
 def test_out_dir_is_a_file_or_unwritable(trained, tmp_path):
@@ -209,10 +213,10 @@ def test_out_dir_is_a_file_or_unwritable(trained, tmp_path):
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     import errno
 
-    import common
+    from kazgpt import checkpoint
 
     path = tmp_path / "ckpt.pt"
-    common.save_checkpoint({"x": torch.ones(3)}, path)
+    checkpoint.save_checkpoint({"x": torch.ones(3)}, path)
     before = path.read_bytes()
 
     def full(obj, f):
@@ -221,24 +225,28 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(UserError, match="No space left on device.*previous checkpoint is untouched"):
-        common.save_checkpoint({"x": torch.zeros(3)}, path)
+        checkpoint.save_checkpoint({"x": torch.zeros(3)}, path)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
 
 
 # ---- sampling ----
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--start=Өзен €✓"], "outside this model's vocabulary: '€' '✓'"),
-    (["--start=FILE:/no/such/prompt.txt"], "prompt file /no/such/prompt.txt not found"),
-    (["--max_new_tokens=0"], "max_new_tokens must be at least 1"),
-    (["--temperature=0"], "temperature must be above 0"),
-    (["--temperature=-1"], "temperature must be above 0"),
-    (["--top_k=0"], "top_k must be at least 1"),
-    (["--top_p=0"], "top_p must be in (0, 1]"),
-    (["--top_p=1.5"], "top_p must be in (0, 1]"),
-    (["--num_samples=0"], "num_samples must be at least 1"),
-    (["--init_from=gpt3"], "init_from must be resume"),
-])
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--start=Өзен €✓"], "outside this model's vocabulary: '€' '✓'"),
+        (["--start=FILE:/no/such/prompt.txt"], "prompt file /no/such/prompt.txt not found"),
+        (["--max_new_tokens=0"], "max_new_tokens must be at least 1"),
+        (["--temperature=0"], "temperature must be above 0"),
+        (["--temperature=-1"], "temperature must be above 0"),
+        (["--top_k=0"], "top_k must be at least 1"),
+        (["--top_p=0"], "top_p must be in (0, 1]"),
+        (["--top_p=1.5"], "top_p must be in (0, 1]"),
+        (["--num_samples=0"], "num_samples must be at least 1"),
+        (["--init_from=gpt3"], "init_from must be resume"),
+    ],
+)
 def test_bad_sample_args(trained, args, fragment):
     proc = run("sample.py", f"--out_dir={trained / 'out'}", "--device=cpu", *args, check=False)
     assert_one_line_error(proc, fragment)
@@ -246,6 +254,7 @@ def test_bad_sample_args(trained, args, fragment):
 
 
 # ---- prepare sources ----
+
 
 def test_bad_prepare_sources(tmp_path):
     out = tmp_path / "out"

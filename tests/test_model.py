@@ -56,7 +56,9 @@ def test_kv_cache_matches_recomputation(prompt_len, mode):
     idx = torch.randint(0, 50, (2, prompt_len), generator=torch.Generator().manual_seed(3))
     kwargs = dict(greedy=True) if mode == "greedy" else dict(temperature=0.9, top_k=20, top_p=0.95)
     n_new = 70  # the 24-token window slides several times
-    cached = torch.cat([idx, *generate_tokens(model, idx, n_new, generator=torch.Generator().manual_seed(4), **kwargs)], dim=1)
+    cached = torch.cat(
+        [idx, *generate_tokens(model, idx, n_new, generator=torch.Generator().manual_seed(4), **kwargs)], dim=1
+    )
     reference = generate_without_cache(model, idx, n_new, generator=torch.Generator().manual_seed(4), **kwargs)
     assert torch.equal(cached, reference)
 

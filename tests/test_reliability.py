@@ -10,13 +10,21 @@ import time
 
 import pytest
 
-from common import load_checkpoint
+from kazgpt.checkpoint import load_checkpoint
 from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run
 
 
 @pytest.fixture(scope="module")
 def char_data(tmp_path_factory):
     return prepare_char_dataset(tmp_path_factory.mktemp("rel"), 30)
+
+
+def wait_for_training(log, proc, timeout: float = 60.0) -> None:
+    """Until the run's log grows: its loop has started (evals and steps are logged as they happen)."""
+    size = log.stat().st_size if log.exists() else 0
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and (log.stat().st_size if log.exists() else 0) <= size:
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -26,13 +34,14 @@ def test_kill_9_always_leaves_a_loadable_checkpoint(char_data, tmp_path):
     out = tmp_path / "out"
     rng = random.Random(0)
     base = [sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}",
-            *TINY_MODEL, "--eval_interval=1", "--eval_iters=1", "--always_save_checkpoint=True", "--max_iters=100000"]
+            *TINY_MODEL, "--eval_interval=1", "--eval_iters=1", "--keep_checkpoints=latest", "--max_iters=100000"]
     resumed_from = []
     for _ in range(20):
         resume = (out / "ckpt.pt").exists()
         proc = subprocess.Popen(base + (["--init_from=resume"] if resume else []), cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-        time.sleep(rng.uniform(1.5, 4.0))  # the first ~1.5 s is Python and torch starting up
+        wait_for_training(out / "log.jsonl", proc)  # start-up takes seconds, and longer on a slow machine
+        time.sleep(rng.uniform(0.0, 2.0))
         proc.send_signal(signal.SIGKILL)
         output = proc.communicate()[0]
         if resume:
@@ -52,8 +61,23 @@ def test_ddp_two_processes_match_one(char_data, tmp_path):
             "--max_iters=12", "--eval_interval=6"]
     one, two = tmp_path / "one", tmp_path / "two"
     run("train.py", *args, f"--out_dir={one}")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-                           *args, f"--out_dir={two}", "--backend=nccl"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "train.py",
+            *args,
+            f"--out_dir={two}",
+            "--backend=nccl",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "using the gloo backend instead of nccl" in proc.stdout
     assert proc.stdout.count("step 12: train loss") == 1  # rank 0 alone logs
@@ -75,8 +99,15 @@ def test_train_bin_larger_than_ram(char_data, tmp_path):
     meta = json.loads((data / "meta.json").read_text())
     meta["train_tokens"] = n_tokens
     (data / "meta.json").write_text(json.dumps(meta))
-    proc = run("train.py", "config/train_qazdata_char.py", f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}", *TINY_MODEL,
-               "--max_iters=5", "--eval_interval=5")
+    proc = run(
+        "train.py",
+        "config/train_qazdata_char.py",
+        f"--data_dir={data}",
+        f"--out_dir={tmp_path / 'out'}",
+        *TINY_MODEL,
+        "--max_iters=5",
+        "--eval_interval=5",
+    )
     assert f"{n_tokens:,} train tokens" in proc.stdout
     rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
     assert rss_kb < 2 * 2**20, rss_kb  # under 2 GB
@@ -85,17 +116,33 @@ def test_train_bin_larger_than_ram(char_data, tmp_path):
 def test_non_finite_loss_stops_with_the_step(char_data, tmp_path):
     """A NaN in the weights makes the first loss NaN: the run stops naming the step, and the
     checkpoint it resumed from is left as it was."""
-    from common import save_checkpoint
+    from kazgpt.checkpoint import save_checkpoint
 
     out = tmp_path / "out"
-    run("train.py", "config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}", *TINY_MODEL,
-        "--max_iters=4", "--eval_interval=4")
+    run(
+        "train.py",
+        "config/train_qazdata_char.py",
+        f"--data_dir={char_data}",
+        f"--out_dir={out}",
+        *TINY_MODEL,
+        "--max_iters=4",
+        "--eval_interval=4",
+    )
     ckpt = load_checkpoint(out / "ckpt.pt")
     ckpt["model"]["transformer.h.0.mlp.c_fc.weight"][0, 0] = float("nan")
     save_checkpoint({k: v for k, v in ckpt.items() if k != "version"}, out / "ckpt.pt")
     before = (out / "ckpt.pt").read_bytes()
-    proc = run("train.py", "config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}", *TINY_MODEL,
-               "--init_from=resume", "--max_iters=8", "--eval_interval=100", check=False)
+    proc = run(
+        "train.py",
+        "config/train_qazdata_char.py",
+        f"--data_dir={char_data}",
+        f"--out_dir={out}",
+        *TINY_MODEL,
+        "--init_from=resume",
+        "--max_iters=8",
+        "--eval_interval=100",
+        check=False,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "error: the loss became nan at step 5" in proc.stderr
     assert (out / "ckpt.pt").read_bytes() == before

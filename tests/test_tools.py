@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl
-from eval_qa import exact_match, normalize_answer, token_f1
+from kazgpt.qa import exact_match, normalize_answer, token_f1
 
 
 def test_normalization_and_metrics_by_hand():
@@ -29,20 +29,33 @@ def test_normalization_and_metrics_by_hand():
 def trained_char(tmp_path_factory):
     root = tmp_path_factory.mktemp("tools")
     prepare_char_dataset(root, 20)
-    run("train.py", "config/train_qazdata_char.py", f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}", *TINY_MODEL,
-        "--max_iters=150", "--lr_decay_iters=150", "--eval_interval=50", "--block_size=64")
+    run(
+        "train.py",
+        "config/train_qazdata_char.py",
+        f"--data_dir={root / 'data'}",
+        f"--out_dir={root / 'out'}",
+        *TINY_MODEL,
+        "--max_iters=150",
+        "--lr_decay_iters=150",
+        "--eval_interval=50",
+        "--block_size=64",
+    )
     return root
 
 
 def test_eval_qa_end_to_end(trained_char):
     out = trained_char / "out"
-    proc = run("eval_qa.py", f"--out_dir={out}", f"--source={trained_char / 'src'}", "--split=validation", "--device=cpu")
+    proc = run(
+        "eval_qa.py", f"--out_dir={out}", f"--source={trained_char / 'src'}", "--split=validation", "--device=cpu"
+    )
     assert "all 8 questions of the validation split" in proc.stdout
     assert "closed_book" in proc.stdout and "reading" in proc.stdout
     rows = [json.loads(l) for l in (out / "eval_qa_validation.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and {r["mode"] for r in rows} == {"closed_book", "reading"}
     for r in rows:  # the per-question scores are the metric applied to what was predicted
-        assert r["em"] == exact_match(r["prediction"], r["answers"]) and r["f1"] == token_f1(r["prediction"], r["answers"])
+        assert r["em"] == exact_match(r["prediction"], r["answers"]) and r["f1"] == token_f1(
+            r["prediction"], r["answers"]
+        )
     for mode in ("closed_book", "reading"):  # the summary is the mean of the per-question scores
         line = next(l for l in proc.stdout.splitlines() if l.startswith(mode))
         n, em, f1 = line.split()[1:4]
@@ -54,8 +67,14 @@ def test_eval_qa_end_to_end(trained_char):
 
 def test_eval_qa_single_split_asks_held_out_only(trained_char, tmp_path):
     single = write_jsonl(tmp_path / "kazqad-validation.jsonl", make_examples(20))
-    proc = run("eval_qa.py", f"--out_dir={trained_char / 'out'}", f"--source={single}", "--modes=closed_book", "--device=cpu",
-               f"--output={tmp_path / 'r.jsonl'}")
+    proc = run(
+        "eval_qa.py",
+        f"--out_dir={trained_char / 'out'}",
+        f"--source={single}",
+        "--modes=closed_book",
+        "--device=cpu",
+        f"--output={tmp_path / 'r.jsonl'}",
+    )
     assert "4 questions of the 2 passages held out of training" in proc.stdout
 
 
@@ -66,14 +85,30 @@ def test_export_round_trip(trained_char, tmp_path, kind):
     if kind == "kazakh_bpe":
         data, out = tmp_path / "bpe", tmp_path / "out"
         run("data/qazdata_bpe/prepare.py", f"--source={trained_char / 'src'}", f"--out_dir={data}", "--vocab_size=350")
-        run("train.py", "config/train_qazdata_bpe.py", f"--data_dir={data}", f"--out_dir={out}", *TINY_MODEL, "--max_iters=30",
-            "--eval_interval=30", "--bias=True", "--block_size=64")
+        run(
+            "train.py",
+            "config/train_qazdata_bpe.py",
+            f"--data_dir={data}",
+            f"--out_dir={out}",
+            *TINY_MODEL,
+            "--max_iters=30",
+            "--eval_interval=30",
+            "--bias=True",
+            "--block_size=64",
+        )
     folder = tmp_path / "hf"
     run("export_hf.py", f"--out_dir={out}", f"--export_dir={folder}")
     assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
     prompt = "Өзеннің ұзындығы қанша (0)?:"
-    ours = run("sample.py", f"--out_dir={out}", "--device=cpu", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=20",
-               "--top_k=1").stdout.split("\n---------------")[0]
+    ours = run(
+        "sample.py",
+        f"--out_dir={out}",
+        "--device=cpu",
+        f"--start={prompt}",
+        "--num_samples=1",
+        "--max_new_tokens=20",
+        "--top_k=1",
+    ).stdout.split("\n---------------")[0]
     pipe = transformers.pipeline("text-generation", model=str(folder), device="cpu")
     theirs = pipe(prompt, max_new_tokens=20, do_sample=False, return_full_text=True)[0]["generated_text"]
     assert theirs == ours, (theirs, ours)
@@ -88,8 +123,15 @@ def test_plot(trained_char, tmp_path):
 
 
 def test_interactive_sampling(trained_char):
-    proc = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", "--interactive", "--max_new_tokens=30",
-               env={"PYTHONIOENCODING": "utf-8"}, input_text="Өзеннің ұзындығы қанша (1)?\n\nБұл не €?\nӨзен ұзындығы қанша?\n")
+    proc = run(
+        "sample.py",
+        f"--out_dir={trained_char / 'out'}",
+        "--device=cpu",
+        "--interactive",
+        "--max_new_tokens=30",
+        env={"PYTHONIOENCODING": "utf-8"},
+        input_text="Өзеннің ұзындығы қанша (1)?\n\nБұл не €?\nӨзен ұзындығы қанша?\n",
+    )
     answers = proc.stdout.splitlines()
     assert len(answers) == 2  # one line per question; the bad one is reported on stderr and skipped
     assert "outside this model's vocabulary: '€'" in proc.stderr
@@ -98,9 +140,19 @@ def test_interactive_sampling(trained_char):
 def test_wandb_offline(trained_char, tmp_path):
     pytest.importorskip("wandb")
     out = tmp_path / "out"
-    run("train.py", "config/train_qazdata_char.py", f"--data_dir={trained_char / 'data'}", f"--out_dir={out}", *TINY_MODEL,
-        "--max_iters=4", "--eval_interval=2", "--wandb_log=True", "--wandb_project=kazgpt-test", "--wandb_run_name=offline",
-        env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    run(
+        "train.py",
+        "config/train_qazdata_char.py",
+        f"--data_dir={trained_char / 'data'}",
+        f"--out_dir={out}",
+        *TINY_MODEL,
+        "--max_iters=4",
+        "--eval_interval=2",
+        "--wandb_log=True",
+        "--wandb_project=kazgpt-test",
+        "--wandb_run_name=offline",
+        env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"},
+    )
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
@@ -112,8 +164,19 @@ def test_closed_pipe_ends_quietly(trained_char):
 
     from conftest import REPO
 
-    proc = subprocess.Popen([sys.executable, "sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu",
-                             "--num_samples=50", "--max_new_tokens=200"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "sample.py",
+            f"--out_dir={trained_char / 'out'}",
+            "--device=cpu",
+            "--num_samples=50",
+            "--max_new_tokens=200",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.readline()
     proc.stdout.close()
     stderr = proc.stderr.read().decode()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from common import cpu_supports_bf16
+from kazgpt.device import cpu_supports_bf16
 from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run
 
 
@@ -18,7 +18,8 @@ def char_data(tmp_path_factory):
 
 
 def train(data_dir, out_dir, *extra, check=True):
-    return run("train.py", "config/train_qazdata_char.py", f"--data_dir={data_dir}", f"--out_dir={out_dir}", *TINY_MODEL, *extra, check=check)
+    return run("train.py", "config/train_qazdata_char.py", f"--data_dir={data_dir}", f"--out_dir={out_dir}",
+               *TINY_MODEL, *extra, check=check)
 
 
 def test_quick_start_path(shared_kazqad, tmp_path):
@@ -39,7 +40,8 @@ def test_quick_start_path(shared_kazqad, tmp_path):
     assert steps == list(range(1, 61))
 
     question = "Амазонка бассейні картада қайда орналасқан?:"
-    proc = run("sample.py", f"--out_dir={out}", "--device=cpu", f"--start={question}", "--num_samples=2", "--max_new_tokens=50")
+    proc = run("sample.py", f"--out_dir={out}", "--device=cpu", f"--start={question}", "--num_samples=2",
+               "--max_new_tokens=50")
     samples = proc.stdout.split("---------------")
     assert len(samples) == 3 and all(s.strip().startswith(question) for s in samples[:2])
     assert all(len(s.strip()) > len(question) + 20 for s in samples[:2])
@@ -84,7 +86,7 @@ def test_batches_are_a_function_of_the_step():
     resumed run continues the sequence instead of replaying it from step 0."""
     import numpy as np
 
-    from train import batch_generator, get_batch
+    from kazgpt.dataset import batch_generator, get_batch
 
     data = np.arange(10_000, dtype=np.uint16)
     batch = lambda step, micro: get_batch(data, 4, 16, batch_generator(1337, step, micro), "cpu")[0]
@@ -102,14 +104,14 @@ def torch_equal(a, b) -> bool:
 def test_default_dtype_follows_the_measured_bf16_speed(monkeypatch):
     """On CPU, training defaults to bf16 only where bf16 matmuls measured >= 1.5x faster than fp32;
     sampling stays fp32 (decode steps measured slower in bf16); an explicit --dtype always wins."""
-    import common
+    from kazgpt import device
 
-    monkeypatch.setattr(common, "cpu_bf16_speedup", lambda: 3.6)  # a Xeon with AMX
-    assert common.resolve_dtype(None, "cpu", training=True) == "bfloat16"
-    assert common.resolve_dtype(None, "cpu") == "float32"
-    assert common.resolve_dtype("float32", "cpu", training=True) == "float32"
-    monkeypatch.setattr(common, "cpu_bf16_speedup", lambda: 0.6)  # bf16 emulated slower than fp32
-    assert common.resolve_dtype(None, "cpu", training=True) == "float32"
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 3.6)  # a Xeon with AMX
+    assert device.resolve_dtype(None, "cpu", training=True) == "bfloat16"
+    assert device.resolve_dtype(None, "cpu") == "float32"
+    assert device.resolve_dtype("float32", "cpu", training=True) == "float32"
+    monkeypatch.setattr(device, "cpu_bf16_speedup", lambda: 0.6)  # bf16 emulated slower than fp32
+    assert device.resolve_dtype(None, "cpu", training=True) == "float32"
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no bfloat16 support")
@@ -120,10 +122,13 @@ def test_bf16_training_tracks_fp32(char_data, tmp_path):
     losses = {}
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / dtype
-        proc = train(char_data, out, f"--dtype={dtype}", "--max_iters=100", "--lr_decay_iters=100", "--eval_interval=100")
+        proc = train(char_data, out, f"--dtype={dtype}", "--max_iters=100", "--lr_decay_iters=100",
+                     "--eval_interval=100")
         assert f"dtype {dtype}" in proc.stdout
         losses[dtype] = [e["loss"] for e in read_log(out) if "loss" in e]
     fp32, bf16 = losses["float32"], losses["bfloat16"]
     assert len(fp32) == len(bf16) == 100 and fp32[-1] < fp32[0] - 1.5  # it learned
     assert fp32 != bf16  # the two runs did use different arithmetic
-    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.02, [(i, a, b) for i, (a, b) in enumerate(zip(fp32, bf16)) if abs(a - b) >= 0.02][:5]
+    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.02, [
+        (i, a, b) for i, (a, b) in enumerate(zip(fp32, bf16)) if abs(a - b) >= 0.02
+    ][:5]

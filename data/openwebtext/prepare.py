@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common import TiktokenTokenizer, UserError, prepare_out_dir, run_main, write_meta  # noqa: E402
+from kazgpt.cli import UserError, run_main  # noqa: E402
+from kazgpt.dataset import dataset_out_dir, write_meta  # noqa: E402
+from kazgpt.tokenizer import TiktokenTokenizer  # noqa: E402
 
 HUB_ID = "Skylion007/openwebtext"
 BATCH_BYTES = 1 << 20  # text per worker task
@@ -81,7 +83,8 @@ def iter_hub_documents() -> Iterator[str]:
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"could not stream {HUB_ID} from the Hugging Face hub ({type(e).__name__}); offline, pass local files with --source=PATH") from None
+        raise UserError(f"could not stream {HUB_ID} from the Hugging Face hub ({type(e).__name__}); "
+                        "offline, pass local files with --source=PATH") from None
 
 
 def batches(docs: Iterator[str]) -> Iterator[list[str]]:
@@ -133,7 +136,7 @@ def main() -> None:
     if args.source is not None and not Path(args.source).exists():
         raise UserError(f"--source {args.source} does not exist")
     tokenizer = TiktokenTokenizer("gpt2")  # fails early, with advice, if the BPE files cannot be had
-    out_dir = prepare_out_dir(args.out_dir, __file__)
+    out_dir = dataset_out_dir(args.out_dir, __file__)
     docs = iter_local_documents(Path(args.source)) if args.source else iter_hub_documents()
 
     from tqdm import tqdm
@@ -144,7 +147,8 @@ def main() -> None:
     files = {split: open(tmp[split], "wb") for split in counts}
 
     def tokenize_window(pool: Pool, window: list[list[str]], bar: tqdm) -> None:
-        for train_bytes, val_bytes, val_text_bytes, n_docs in pool.map(tokenize_batch, [(b, args.val_fraction) for b in window]):
+        for train_bytes, val_bytes, val_text_bytes, n_docs in pool.map(tokenize_batch,
+                                                                       [(b, args.val_fraction) for b in window]):
             for split, chunk in (("train", train_bytes), ("val", val_bytes)):
                 files[split].write(chunk)
                 counts[split] += len(chunk) // 2
@@ -172,7 +176,9 @@ def main() -> None:
     if counts["val"] == 0 or counts["train"] == 0:
         for p in tmp.values():
             p.unlink()
-        raise UserError(f"{totals['docs']} documents gave an empty {'val' if counts['train'] else 'train'} split: use more data or a larger --val_fraction")
+        empty = "val" if counts["train"] else "train"
+        raise UserError(f"{totals['docs']} documents gave an empty {empty} split: "
+                        "use more data or a larger --val_fraction")
     for split, p in tmp.items():  # complete files replace the old ones only now
         os.replace(p, out_dir / f"{split}.bin")
     write_meta(out_dir, tokenizer.spec, tokenizer.vocab_size, counts, totals["val_bytes"])

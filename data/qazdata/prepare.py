@@ -14,16 +14,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common import TiktokenTokenizer, kazqad_arg_parser, load_kazqad_text, prepare_out_dir, run_main, write_kazqad_dataset  # noqa: E402
+from kazgpt.cli import run_main  # noqa: E402
+from kazgpt.dataset import dataset_out_dir, write_text_dataset  # noqa: E402
+from kazgpt.kazqad import kazqad_arg_parser, load_kazqad_text  # noqa: E402
+from kazgpt.tokenizer import TiktokenTokenizer  # noqa: E402
 
 
 def main() -> None:
     args = kazqad_arg_parser(__doc__).parse_args()
-    out_dir = prepare_out_dir(args.out_dir, __file__)
+    out_dir = dataset_out_dir(args.out_dir, __file__)
     tokenizer = TiktokenTokenizer("gpt2")
     train_docs, val_docs, how = load_kazqad_text(args.source, args.nq_translate, args.nq_source)
     print(how)
-    write_kazqad_dataset(out_dir, train_docs, val_docs, tokenizer)
+    write_text_dataset(out_dir, train_docs, val_docs, tokenizer)
 
 
 if __name__ == "__main__":

@@ -13,40 +13,29 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common import (UINT16_VOCAB, HFTokenizer, TiktokenTokenizer, UserError, kazqad_arg_parser,  # noqa: E402
-                    load_kazqad_text, prepare_out_dir, run_main, write_kazqad_dataset)
-
-EOT = "<|endoftext|>"
-
-
-def train_bpe(docs: list[str], vocab_size: int) -> str:
-    """A byte-level BPE trained on docs, as tokenizer.json text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=True,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(docs, trainer=trainer, length=len(docs))
-    return tokenizer.to_str()
+from kazgpt.cli import UserError, run_main  # noqa: E402
+from kazgpt.dataset import UINT16_VOCAB, dataset_out_dir, write_text_dataset  # noqa: E402
+from kazgpt.kazqad import kazqad_arg_parser, load_kazqad_text  # noqa: E402
+from kazgpt.tokenizer import HFTokenizer, TiktokenTokenizer, train_byte_level_bpe  # noqa: E402
 
 
 def main() -> None:
     parser = kazqad_arg_parser(__doc__)
-    parser.add_argument("--vocab_size", type=int, default=8192, help=f"BPE vocabulary size, 257 to {UINT16_VOCAB} (uint16 ids)")
+    parser.add_argument("--vocab_size", type=int, default=8192,
+                        help=f"BPE vocabulary size, 257 to {UINT16_VOCAB} (uint16 ids)")
     args = parser.parse_args()
     if not 257 <= args.vocab_size <= UINT16_VOCAB:
-        raise UserError(f"--vocab_size={args.vocab_size} is out of range: a byte-level BPE needs at least 257 entries, and uint16 token files hold at most {UINT16_VOCAB}")
-    out_dir = prepare_out_dir(args.out_dir, __file__)
+        raise UserError(f"--vocab_size={args.vocab_size} is out of range: a byte-level BPE needs at least 257 "
+                        f"entries, and uint16 token files hold at most {UINT16_VOCAB}")
+    out_dir = dataset_out_dir(args.out_dir, __file__)
     train_docs, val_docs, how = load_kazqad_text(args.source, args.nq_translate, args.nq_source)
     print(how)
-    tokenizer_json = train_bpe(train_docs, args.vocab_size)
+    tokenizer_json = train_byte_level_bpe(train_docs, args.vocab_size)
     (out_dir / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     tokenizer = HFTokenizer(tokenizer_json)
     # meta.json names the tokenizer file rather than holding its text; checkpoints embed the text
     tokenizer.spec = {"kind": "hf", "file": "tokenizer.json"}
-    write_kazqad_dataset(out_dir, train_docs, val_docs, tokenizer)
+    write_text_dataset(out_dir, train_docs, val_docs, tokenizer)
 
     val_text = "".join(val_docs)
     ours = len(val_text) / len(tokenizer.encode(val_text))

@@ -1,0 +1,44 @@
+"""The command-line edge: bad input becomes one line on stderr and exit code 2, never a traceback;
+in a DDP run only rank 0 prints."""
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from typing import Any, Callable, Iterable
+
+
+class UserError(Exception):
+    """Bad input from the user. Scripts report it as one line on stderr and exit with code 2."""
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a script's main(): a UserError becomes one clear line and exit code 2, no traceback."""
+    try:
+        code = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`python sample.py | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    sys.exit(code or 0)
+
+
+def is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print() on rank 0 only, so that a DDP run logs each line once."""
+    if is_rank0():
+        print(*args, **kwargs, flush=True)
+
+
+def closest(name: str, known: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest known name, or '' when nothing is close."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
