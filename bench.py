@@ -32,7 +32,7 @@ from kazgpt.cli import run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, synchronize)
-from kazgpt.optim import adamw
+from kazgpt.optim import OPTIMIZERS, build_optimizers
 from model import GPT, GPTConfig, KVCache, decode_one_token, generate_tokens, generate_without_cache, prefill
 
 
@@ -58,10 +58,11 @@ MODELS = {
 }
 
 
-def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool, iters: int, data: np.ndarray) -> dict:
+def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool, iters: int, data: np.ndarray,
+                   optimizer_name: str) -> dict:
     torch.manual_seed(0)
     model = spec.model().to(device)
-    optimizer = adamw(model, 1e-3, 0.1, (0.9, 0.99), device)
+    optimizers = build_optimizers(model, optimizer_name, 1e-3, 0.1, (0.9, 0.99), 0.02, 0.95, device)
     step_model = torch.compile(model) if use_compile else model
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
     autocast = autocast_context(device, dtype)
@@ -76,11 +77,14 @@ def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool,
         with autocast:
             _, loss = step_model(x, y)
         scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
+        for optimizer in optimizers:
+            scaler.step(optimizer)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.item()
         t2 = time.perf_counter()
         if it >= warmup:
@@ -205,6 +209,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--compile", action="store_true", help="compile the training step")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="the training rows' optimizer recipe")
     parser.add_argument("--iters", type=int, default=None,
                         help="timed training iterations per model (default: each model's own)")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
@@ -225,7 +230,8 @@ def main() -> None:
 
     if device == "cpu" and args.malloc == "reuse":
         keep_freed_memory_for_reuse()
-    info = {"date": time.strftime("%Y-%m-%d"), "device": device, "train_dtype": train_dtype,
+    info = {"date": time.strftime("%Y-%m-%d"), "device": device, "optimizer": args.optimizer,
+            "train_dtype": train_dtype,
             "sample_dtype": sample_dtype, "compile": args.compile,
             "malloc": args.malloc if device == "cpu" else None, "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -244,7 +250,7 @@ def main() -> None:
         data = np.memmap(path, dtype=np.uint16, mode="r")
         for name in names:
             results["training"][name] = bench_training(MODELS[name], device, train_dtype, args.compile,
-                    args.iters or MODELS[name].iters, data)
+                                                       args.iters or MODELS[name].iters, data, args.optimizer)
     # the peak is measured after the timed steps: its large matmul would change how glibc's malloc behaves
     peak = device_peak_flops(device, train_dtype)
     info["peak_tflops"] = peak / 1e12

@@ -48,7 +48,7 @@ from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch
                             training_batches)
 from kazgpt.device import (autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype)
-from kazgpt.optim import adamw, lr_multiplier, set_lr
+from kazgpt.optim import OPTIMIZERS, build_optimizers, lr_multiplier, set_lr
 from model import GPT, GPTConfig
 
 
@@ -78,12 +78,16 @@ class TrainConfig:
     n_embd: int = 768
     dropout: float = 0.0  # 0 for pretraining, 0.1+ for finetuning
     bias: bool = False  # biases in Linear and LayerNorm layers
-    # AdamW
-    learning_rate: float = 6e-4
+    # optimizer: 'muon' (Muon for the blocks' matrices, AdamW for the rest) or 'adamw' (AdamW for all);
+    # None: adamw, and on resume the optimizer the checkpoint was made with
+    optimizer: Optional[str] = None
+    learning_rate: float = 6e-4  # AdamW's
     max_iters: int = 600000
-    weight_decay: float = 1e-1
+    weight_decay: float = 1e-1  # AdamW's, on matrices and embeddings
     beta1: float = 0.9
     beta2: float = 0.95
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
     # learning rate schedule: linear warmup, then cosine decay to min_lr
     decay_lr: bool = True
@@ -113,8 +117,15 @@ def check_ranges(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if not (math.isfinite(value) and 0 <= value < 10) or (key == "learning_rate" and value == 0):
             raise UserError(f"{key} must be a positive number below 10, got {value}")
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not (math.isfinite(cfg.muon_lr) and 0 < cfg.muon_lr < 10):
+        raise UserError(f"muon_lr must be a positive number below 10, got {cfg.muon_lr}")
+    for key in ("dropout", "beta1", "beta2", "muon_momentum"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise UserError(f"weight_decay must be 0 or more, got {cfg.weight_decay}")
+    if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
+        raise UserError(f"optimizer must be {' or '.join(OPTIMIZERS)} (or None for the default), got '{cfg.optimizer}'")
     if cfg.keep_checkpoints not in ("latest", "best", "both"):
         raise UserError(f"keep_checkpoints must be 'latest', 'best' or 'both', got '{cfg.keep_checkpoints}'")
 
@@ -255,18 +266,36 @@ def build_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, Optio
     return model, checkpoint
 
 
-def load_training_state(checkpoint: dict, optimizer, scaler, rank: int) -> None:
-    """Optimizer, grad scaler and this rank's RNG state from a checkpoint. Each group keeps the
-    base rate this run's config gives it (a resumed run may change learning_rate)."""
-    base_lrs = [group["base_lr"] for group in optimizer.param_groups]
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    for group, base_lr in zip(optimizer.param_groups, base_lrs):
-        group["base_lr"] = base_lr
+def optimizer_name(cfg: TrainConfig, checkpoint: Optional[dict]) -> str:
+    """The optimizer recipe of this run: the one asked for, else adamw; on resume the checkpoint's
+    (checkpoints from before Muon were made with adamw)."""
+    if checkpoint is not None:
+        made_with = checkpoint.get("optimizer_name", "adamw")
+        if cfg.optimizer not in (None, made_with):
+            raise UserError(f"the checkpoint was trained with {made_with}: resume with --optimizer={made_with}, "
+                            "or leave --optimizer out")
+        return made_with
+    # Muon is not the default yet: torch.optim.Muon runs Newton-Schulz in bfloat16, which on a CPU
+    # without bf16 support made the quick-start step ~20x slower (BENCHMARKS.md)
+    return cfg.optimizer or "adamw"
+
+
+def load_training_state(checkpoint: dict, optimizers: list, scaler, rank: int) -> tuple[int, float]:
+    """Optimizers, grad scaler and this rank's RNG state from a checkpoint; returns its iteration and
+    best val loss. Each group keeps the base rate this run's config gives it (a resumed run may change
+    its learning rates)."""
+    states = [checkpoint["optimizer"], checkpoint.get("muon")][: len(optimizers)]
+    for optimizer, state in zip(optimizers, states):
+        base_lrs = [group["base_lr"] for group in optimizer.param_groups]
+        optimizer.load_state_dict(state)
+        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+            group["base_lr"] = base_lr
     if checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
     states = checkpoint.get("rng") or []
     if rank < len(states):
         set_rng_state(states[rank])
+    return checkpoint["iter_num"], checkpoint["best_val_loss"]
 
 
 # -----------------------------------------------------------------------------
@@ -299,7 +328,8 @@ class CheckpointWriter:
     changes (the iteration, the best val loss) is passed to each save."""
     out_dir: Path
     model: GPT
-    optimizer: torch.optim.Optimizer
+    optimizers: list  # [AdamW] or [AdamW, Muon]
+    optimizer_name: str
     scaler: torch.amp.GradScaler
     meta: dict
     cfg: TrainConfig
@@ -314,7 +344,9 @@ class CheckpointWriter:
             states = [rng_state()]
         if self.procs.master:
             save_checkpoint({
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizers[0].state_dict(),
+                "muon": self.optimizers[1].state_dict() if len(self.optimizers) > 1 else None,
+                "optimizer_name": self.optimizer_name,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "model_args": self.model.model_args(), "tokenizer": self.meta["tokenizer"], "iter_num": iter_num,
                 "best_val_loss": best_val_loss, "config": configurator.config_dict(self.cfg), "rng": states,
@@ -430,7 +462,7 @@ def read_back_losses(step_losses: list, procs: Processes, first_iter: int, out_d
     return values
 
 
-def train_step(model, raw_model: GPT, optimizer, scaler, batches, batch: tuple, accum_steps: int,
+def train_step(model, raw_model: GPT, optimizers: list, scaler, batches, batch: tuple, accum_steps: int,
                grad_clip: float, ddp: bool, autocast) -> tuple[torch.Tensor, tuple]:
     """One optimizer step over accum_steps micro-batches of this process, gradients averaged over
     all processes. Returns the step's mean loss, left on the device, and the next batch."""
@@ -444,12 +476,15 @@ def train_step(model, raw_model: GPT, optimizer, scaler, batches, batch: tuple, 
             x, y = next(batches)  # the host prepares the next batch while the device works
             loss_sum += loss.detach()
             scaler.scale(loss / accum_steps).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
+    if grad_clip > 0:  # one norm over all parameters, whichever optimizer steps them
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    scaler.step(optimizer)
+    for optimizer in optimizers:
+        scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     return loss_sum / accum_steps, (x, y)
 
 
@@ -487,11 +522,12 @@ def main() -> int:
     raw_model.to(device)
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
-    optimizer = adamw(raw_model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
-    iter_num, best_val_loss = 0, float("inf")
-    if checkpoint is not None:
-        load_training_state(checkpoint, optimizer, scaler, procs.rank)
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    opt_name = optimizer_name(cfg, checkpoint)
+    optimizers = build_optimizers(raw_model, opt_name, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                  cfg.muon_lr, cfg.muon_momentum, device)
+    print0(f"optimizer {opt_name}")
+    iter_num, best_val_loss = (0, math.inf) if checkpoint is None else \
+        load_training_state(checkpoint, optimizers, scaler, procs.rank)
     checkpoint = None  # free memory
     model = raw_model  # what the loop calls: maybe compiled, maybe DDP-wrapped
     if use_compile:
@@ -502,7 +538,7 @@ def main() -> int:
 
     # ---- training loop ----
     run_log = RunLog(out_dir, cfg, procs.master)
-    writer = CheckpointWriter(out_dir, raw_model, optimizer, scaler, meta, cfg, procs)
+    writer = CheckpointWriter(out_dir, raw_model, optimizers, opt_name, scaler, meta, cfg, procs)
     stop = StopSignal()
     speed = SpeedMeter(raw_model, tokens_per_iter, procs.world_size, device_peak_flops(device, dtype), iter_num)
     batches = training_batches(data["train"], cfg.batch_size, cfg.block_size, cfg.seed, iter_num, accum_steps,
@@ -513,7 +549,7 @@ def main() -> int:
     while True:
         lr_scale = lr_multiplier(iter_num, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr / cfg.learning_rate) \
             if cfg.decay_lr else 1.0
-        set_lr([optimizer], lr_scale)
+        set_lr(optimizers, lr_scale)
         last_iter = iter_num >= cfg.max_iters
         if iter_num % cfg.eval_interval == 0 or last_iter or cfg.eval_only:
             losses = estimate_loss(model, data, cfg, procs, autocast)
@@ -529,7 +565,7 @@ def main() -> int:
         if cfg.eval_only or last_iter:
             break
 
-        step_loss, batch = train_step(model, raw_model, optimizer, scaler, batches, batch, accum_steps,
+        step_loss, batch = train_step(model, raw_model, optimizers, scaler, batches, batch, accum_steps,
                                       cfg.grad_clip, procs.ddp, autocast)
         iter_num += 1
         step_losses.append(step_loss)

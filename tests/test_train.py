@@ -48,18 +48,37 @@ def test_quick_start_path(shared_kazqad, tmp_path):
     assert any("\u0400" <= c <= "\u04ff" for c in samples[0][len(question) + 1:])  # Cyrillic came out
 
 
-def test_exact_resume(char_data, tmp_path):
-    """Stopped at step 15 and resumed, a run logs the same per-step losses as an uninterrupted one.
-    Dropout is on, so the RNG state must be restored too."""
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_exact_resume(char_data, tmp_path, optimizer):
+    """Stopped at step 15 and resumed, a run logs the same per-step losses as an uninterrupted one,
+    with either optimizer recipe (both optimizers' states are in the checkpoint). Dropout is on, so
+    the RNG state must be restored too. The resumed run names no optimizer: it keeps the checkpoint's."""
     common = ["--dropout=0.1", "--lr_decay_iters=30", "--eval_interval=15"]
     full, split = tmp_path / "full", tmp_path / "split"
-    train(char_data, full, "--max_iters=30", *common)
-    train(char_data, split, "--max_iters=15", *common)
-    train(char_data, split, "--max_iters=30", "--init_from=resume", *common)
+    train(char_data, full, "--max_iters=30", f"--optimizer={optimizer}", *common)
+    train(char_data, split, "--max_iters=15", f"--optimizer={optimizer}", *common)
+    proc = train(char_data, split, "--max_iters=30", "--init_from=resume", *common)
+    assert f"optimizer {optimizer}" in proc.stdout
     losses = lambda out: {e["iter"]: e["loss"] for e in read_log(out) if "loss" in e}
     a, b = losses(full), losses(split)
     assert sorted(a) == sorted(b) == list(range(1, 31))
     assert max(abs(a[i] - b[i]) for i in a) <= 1e-6, [(i, a[i], b[i]) for i in a if a[i] != b[i]][:5]
+
+
+def test_pre_muon_checkpoint_resumes_with_adamw(char_data, tmp_path):
+    """A checkpoint written before the optimizer choice existed (AdamW state only, no name) resumes
+    with AdamW; asking for Muon on it is refused in one line."""
+    from kazgpt.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "out"
+    train(char_data, out, "--max_iters=4", "--eval_interval=4", "--optimizer=adamw")
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    old = {k: v for k, v in ckpt.items() if k not in ("version", "muon", "optimizer_name")}
+    save_checkpoint(old, out / "ckpt.pt")
+    proc = train(char_data, out, "--init_from=resume", "--max_iters=6", "--eval_interval=100")
+    assert "optimizer adamw" in proc.stdout and "iter 6:" in proc.stdout
+    refused = train(char_data, out, "--init_from=resume", "--optimizer=muon", "--max_iters=8", check=False)
+    assert refused.returncode == 2 and "resume with --optimizer=adamw" in refused.stderr
 
 
 def test_sigterm_saves_and_resumes(char_data, tmp_path):

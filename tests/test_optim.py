@@ -1,0 +1,97 @@
+"""The optimizers: Muon's update of a 2-D weight against a reference written out here, which
+parameters each optimizer of the 'muon' recipe owns, the schedule driving every group, and the
+grad scaler stepping both optimizers."""
+import math
+
+import pytest
+import torch
+
+from kazgpt.optim import block_matrices, build_optimizers, lr_multiplier, muon, set_lr
+from model import GPT, GPTConfig
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic Newton-Schulz iteration of Keller Jordan's Muon
+
+
+def orthogonalize(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Five Newton-Schulz steps in float64: X <- aX + (bA + cA^2)X with A = XX^T, on the wide side."""
+    a, b, c = NS_COEFFICIENTS
+    x = update.double()
+    tall = x.size(0) > x.size(1)
+    x = x.T if tall else x
+    x = x / x.norm()
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", [(8, 24), (24, 8)])
+def test_muon_update_matches_a_reference(shape):
+    """Two steps of torch.optim.Muon as the 'muon' recipe sets it up, against the same steps by hand:
+    Nesterov momentum, orthogonalized, scaled by sqrt(max(1, rows/cols))."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(shape))
+    lr, momentum = 0.02, 0.95
+    optimizer = muon([weight], lr, momentum)
+    expected = weight.detach().double().clone()
+    buf = torch.zeros(shape, dtype=torch.float64)
+    for _ in range(2):
+        grad = torch.randn(shape)
+        weight.grad = grad.clone()
+        optimizer.step()
+        buf = momentum * buf + (1 - momentum) * grad.double()
+        nesterov = (1 - momentum) * grad.double() + momentum * buf
+        direction = orthogonalize(nesterov)
+        step = lr * math.sqrt(max(1.0, shape[0] / shape[1])) * direction
+        expected -= step
+        # torch runs the iteration in bfloat16: agree to a few percent of one step's size (a missing
+        # Nesterov term, scale or orthogonalization is off by tens of percent)
+        assert (weight.detach().double() - expected).norm() < 0.06 * step.norm()
+    singular = torch.linalg.svdvals(direction)
+    assert singular.min() > 0.3 and singular.max() < 1.3, singular  # an orthogonalized update, not the raw gradient
+
+
+def test_muon_recipe_splits_parameters():
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=16, bias=True))
+    adamw, muon_opt = build_optimizers(model, "muon", 1e-3, 0.1, (0.9, 0.95), 0.02, 0.95, "cpu")
+    owned = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}
+    matrices = {id(p) for p in block_matrices(model)}
+    assert owned(muon_opt) == matrices and len(matrices) == 2 * 4  # c_attn, attn c_proj, c_fc, mlp c_proj per block
+    assert owned(adamw).isdisjoint(matrices)
+    assert owned(adamw) | matrices == {id(p) for p in model.parameters()}  # every parameter, once
+    assert id(model.transformer.wte.weight) in owned(adamw)  # the (tied) embedding stays with AdamW
+    (only_adamw,) = build_optimizers(model, "adamw", 1e-3, 0.1, (0.9, 0.95), 0.02, 0.95, "cpu")
+    assert owned(only_adamw) == {id(p) for p in model.parameters()}
+
+
+def test_one_schedule_scales_every_group_from_its_base_rate():
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    optimizers = build_optimizers(model, "muon", 1e-3, 0.1, (0.9, 0.95), 0.02, 0.95, "cpu")
+    for it, expected in ((0, 1 / 11), (10, 1.0), (100, 0.1), (55, 0.1 + 0.9 * 0.5)):
+        multiplier = lr_multiplier(it, warmup_iters=10, decay_iters=100, min_ratio=0.1)
+        assert multiplier == pytest.approx(expected)
+        set_lr(optimizers, multiplier)
+        assert [g["lr"] for g in optimizers[0].param_groups] == pytest.approx([1e-3 * expected] * 2)
+        assert optimizers[1].param_groups[0]["lr"] == pytest.approx(0.02 * expected)
+
+
+def test_grad_scaler_steps_both_optimizers():
+    """A training step through an enabled GradScaler (as fp16 runs use it) gives the same weights as
+    an unscaled one, for the AdamW and the Muon parameters alike: scaling by a power of two is exact."""
+    from train import train_step
+
+    weights = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=8, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
+        optimizers = build_optimizers(model, "muon", 1e-2, 0.1, (0.9, 0.95), 0.02, 0.95, "cpu")
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=enabled)
+        batch = (torch.randint(0, 32, (4, 8)), torch.randint(0, 32, (4, 8)))
+        batches = iter([batch] * 10)
+        for _ in range(3):
+            no_autocast = torch.autocast("cpu", enabled=False)
+            _, batch = train_step(model, model, optimizers, scaler, batches, batch, 2, 1.0, False, no_autocast)
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=1e-5, atol=1e-6, msg=name)
