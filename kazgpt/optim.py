@@ -2,8 +2,8 @@
 
 Two recipes (TrainConfig.optimizer):
   adamw  AdamW for every parameter (nanoGPT's recipe).
-  muon   torch.optim.Muon for the 2-D weight matrices inside the transformer blocks (momentum, then a
-         Newton-Schulz orthogonalization of the update), AdamW for everything else: the token and
+  muon   Muon for the 2-D weight matrices inside the transformer blocks (momentum, then a Newton-Schulz
+         orthogonalization of the update), AdamW for everything else: the token and
          position embeddings (the token embedding is also the output layer), LayerNorm gains, biases.
 
 Every parameter group carries its own base rate ("base_lr"); one schedule gives a multiplier that
@@ -40,11 +40,56 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, 
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, fused=fused)
 
 
-def muon(params: list[nn.Parameter], lr: float, momentum: float) -> torch.optim.Muon:
-    """torch.optim.Muon with Nesterov momentum, 5 Newton-Schulz steps, no weight decay, and the
-    learning rate scaled by sqrt(max(1, rows/cols)) per matrix ("original", Keller Jordan's rule)."""
-    return torch.optim.Muon([{"params": params, "base_lr": lr}], lr=lr, momentum=momentum, weight_decay=0.0,
-                            nesterov=True, adjust_lr_fn="original")
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's (Keller Jordan's) quintic iteration
+NS_STEPS = 5
+
+
+def orthogonalize(updates: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7) -> torch.Tensor:
+    """Newton-Schulz orthogonalization of a batch of matrices (n, rows, cols), all at once: each is
+    scaled to Frobenius norm 1, then X <- aX + (bA + cA^2)X with A = XX^T on its wide side."""
+    a, b, c = NS_COEFFICIENTS
+    tall = updates.size(-2) > updates.size(-1)
+    x = updates.mT if tall else updates
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.mT  # (n, short, short)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """torch.optim.Muon's update as this repo configures it (Nesterov momentum, five Newton-Schulz
+    steps, the rate scaled by sqrt(max(1, rows/cols)), no weight decay, the same state), with the
+    iteration run on all matrices of one shape at once and in a dtype of the caller's choosing.
+    torch's runs matrix by matrix in bfloat16, which a CPU without bf16 kernels runs ~20x slower
+    than the whole AdamW step (BENCHMARKS.md); tests check this class against torch.optim.Muon."""
+
+    def __init__(self, params, lr: float, momentum: float, ns_dtype: torch.dtype):
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            momentum, by_shape = group["momentum"], {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - momentum)
+                by_shape.setdefault(p.shape, []).append((p, p.grad.lerp(buf, momentum)))  # Nesterov
+            for (rows, cols), items in by_shape.items():
+                directions = orthogonalize(torch.stack([u for _, u in items]).to(self.ns_dtype))
+                scale = group["lr"] * math.sqrt(max(1.0, rows / cols))
+                for (p, _), direction in zip(items, directions):
+                    p.add_(direction.to(p.dtype), alpha=-scale)
+
+
+def muon(params: list[nn.Parameter], lr: float, momentum: float, device: str) -> Muon:
+    """Muon for the block matrices: Newton-Schulz in bfloat16 on CUDA, float32 elsewhere (on a CPU
+    the matrices are small and bf16 kernels may be missing or emulated)."""
+    ns_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return Muon([{"params": params, "base_lr": lr}], lr=lr, momentum=momentum, ns_dtype=ns_dtype)
 
 
 def build_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
@@ -54,7 +99,7 @@ def build_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float
         return [adamw(model, lr, weight_decay, betas, device)]
     matrices = block_matrices(model)
     rest = adamw(model, lr, weight_decay, betas, device, exclude=tuple(matrices))
-    return [rest, muon(matrices, muon_lr, muon_momentum)]
+    return [rest, muon(matrices, muon_lr, muon_momentum, device)]
 
 
 def lr_multiplier(it: int, warmup_iters: int, decay_iters: int, min_ratio: float) -> float:
