@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,11 +29,11 @@ import numpy as np
 import torch
 
 from kazgpt.checkpoint import model_from_checkpoint
-from kazgpt.cli import run_main
+from kazgpt.cli import UserError, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, synchronize)
-from kazgpt.optim import OPTIMIZERS, build_optimizers
+from kazgpt.optim import OPTIMIZERS, build_optimizers, newton_schulz_dtype
 from model import GPT, GPTConfig, KVCache, decode_one_token, generate_tokens, generate_without_cache, prefill
 
 
@@ -62,7 +63,8 @@ def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool,
                    optimizer_name: str) -> dict:
     torch.manual_seed(0)
     model = spec.model().to(device)
-    optimizers = build_optimizers(model, optimizer_name, 1e-3, 0.1, (0.9, 0.99), 0.02, 0.95, device)
+    optimizers = build_optimizers(model, optimizer_name, 1e-3, 0.1, (0.9, 0.99), 0.02, 0.95, device,
+                                  newton_schulz_dtype(dtype))
     step_model = torch.compile(model) if use_compile else model
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
     autocast = autocast_context(device, dtype)
@@ -136,12 +138,30 @@ def bench_sampling(spec: BenchModel, device: str, dtype: str, new_tokens: int = 
             "same_tokens": bool(torch.equal(cached, full))}
 
 
-def median_ms(log: str) -> float:
-    return statistics.median(float(m) for m in re.findall(r"^iter \d+: .*?time ([\d.]+)ms", log, re.M))
+QUICK_START_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+                     "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+                     "--lr_decay_iters=2000", "--dropout=0.0"]  # the README's CPU quick start
+EVAL_INTERVAL = 250  # both repos' char configs evaluate every 250 iterations
+# Each repo's checkpoint writer, wrapped so that every eval leaves ckpt-<iteration>.pt (nothing else changes):
+# the whole-val curve is scored from those files after the run.
+SNAPSHOTS = {
+    "nanogpt": "import torch\nsave = torch.save\ntorch.save = lambda obj, f, *a, **k: "
+               "save(obj, str(f).replace('ckpt.pt', 'ckpt-%d.pt' % obj['iter_num']), *a, **k)\n",
+    "kazgpt": "import kazgpt.checkpoint as c\nsave = c.save_checkpoint\nc.save_checkpoint = lambda obj, path: "
+              "save(obj, path.with_name('ckpt-%d.pt' % obj['iter_num']))\n",
+}
+RUN_TRAIN_PY = "import runpy, sys\nsys.argv[0] = 'train.py'\nrunpy.run_path('train.py', run_name='__main__')\n"
 
 
-def final_val(log: str) -> float:
-    return float(re.findall(r"^step \d+: train loss [\d.]+, val loss ([\d.]+)", log, re.M)[-1])
+def step_milliseconds(log: str, first_logged_step: int) -> list[float]:
+    """Milliseconds of each optimizer step, in order, from a log's 'iter N: ... time Xms' lines.
+    nanoGPT logs its first step as iter 0, this repo as iter 1 (first_logged_step). A step whose
+    time includes an evaluation (the first after each eval) counts the median step time instead,
+    so that the total is training time alone."""
+    times = {int(n) + 1 - first_logged_step: float(ms)
+             for n, ms in re.findall(r"^iter (\d+): .*?time ([\d.]+)ms", log, re.M)}
+    median = statistics.median(times.values())
+    return [median if step % EVAL_INTERVAL == 1 else times[step] for step in sorted(times)]
 
 
 @torch.no_grad()
@@ -161,85 +181,90 @@ def full_val_loss(state_dict: dict, model_args: dict, val_path: Path) -> float:
     return total / n
 
 
-def compare_nanogpt(nanogpt_dir: Path, data_dir: Path) -> dict:
-    """The README quick start with this repo's train.py and nanoGPT's, one after the other, on
-    the same train.bin/val.bin (nanoGPT reads them from its data/kazgpt_bench folder). Besides
-    each run's last logged val loss (20 random batches), both final checkpoints are scored on
-    the whole val set."""
-    import pickle  # nanoGPT's own metadata format, written into nanoGPT's checkout only
+def copy_nanogpt(nanogpt_dir: Path, data_dir: Path, into: Path) -> Path:
+    """The nanoGPT files a run needs, with the prepared data as its dataset 'kazgpt_bench', in a
+    temporary folder: nothing is written into the checkout."""
+    import pickle  # nanoGPT's own metadata format, in the temporary copy only
 
-    vocab = json.loads((data_dir / "meta.json").read_text())["vocab_size"]
-    nano_data = nanogpt_dir / "data" / "kazgpt_bench"
-    nano_data.mkdir(parents=True, exist_ok=True)
+    work = into / "nanogpt"
+    (work / "data" / "kazgpt_bench").mkdir(parents=True)
+    for name in ("train.py", "model.py", "configurator.py"):
+        shutil.copy(nanogpt_dir / name, work / name)
+    shutil.copytree(nanogpt_dir / "config", work / "config")
     for split in ("train", "val"):
-        (nano_data / f"{split}.bin").write_bytes((data_dir / f"{split}.bin").read_bytes())
-    with open(nano_data / "meta.pkl", "wb") as f:
-        pickle.dump({"vocab_size": vocab}, f)
-    flags = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
-             "--batch_size=12",
-             "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
-    results = {}
+        shutil.copy(data_dir / f"{split}.bin", work / "data" / "kazgpt_bench" / f"{split}.bin")
+    with open(work / "data" / "kazgpt_bench" / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": json.loads((data_dir / "meta.json").read_text())["vocab_size"]}, f)
+    return work
+
+
+def run_quick_start(name: str, cmd: list[str], cwd: Path, out_dir: Path, first_logged_step: int,
+                    val_path: Path) -> dict:
+    """One repo's quick start: wall time, training time (evaluations excluded), and the whole-val
+    loss of the checkpoint at every eval with the training time it took to get there."""
+    print(f"running {name}: train.py {' '.join(cmd)}", file=sys.stderr)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", SNAPSHOTS[name] + RUN_TRAIN_PY, *cmd], cwd=cwd,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise UserError(f"{name}'s run failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    steps_ms = step_milliseconds(proc.stdout, first_logged_step)
+    curve = []
+    for path in sorted(out_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1])):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        it = int(ckpt["iter_num"])
+        curve.append({"iter": it, "train_s": sum(steps_ms[:it]) / 1000,
+                      "full_val_loss": full_val_loss(ckpt["model"], ckpt["model_args"], val_path)})
+    return {"wall_s": wall, "train_s": sum(steps_ms) / 1000, "median_ms": statistics.median(steps_ms),
+            "full_val_loss": curve[-1]["full_val_loss"], "curve": curve}
+
+
+def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str) -> dict:
+    """The README quick start with nanoGPT's train.py and this repo's, one after the other, on the
+    same train.bin/val.bin. Every eval's checkpoint is scored on the whole val set (every
+    non-overlapping window, the same for both), which gives each run's final loss and the
+    training time at which this repo first reaches nanoGPT's final loss."""
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {
-            "nanogpt": ([sys.executable, "train.py", "config/train_shakespeare_char.py", "--dataset=kazgpt_bench",
-                         f"--out_dir={tmp}/nano", *flags], nanogpt_dir),
-            "kazgpt": ([sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={data_dir}",
-                        f"--out_dir={tmp}/ours", *flags], REPO_ROOT),
+        tmp = Path(tmp)
+        nano = copy_nanogpt(nanogpt_dir, data_dir, tmp)
+        results = {
+            "nanogpt": run_quick_start("nanogpt", ["config/train_shakespeare_char.py", "--dataset=kazgpt_bench",
+                                                   f"--out_dir={tmp / 'nano'}", *QUICK_START_FLAGS],
+                                       nano, tmp / "nano", 0, data_dir / "val.bin"),
+            "kazgpt": run_quick_start("kazgpt", ["config/train_qazdata_char.py", f"--data_dir={data_dir}",
+                                                 f"--out_dir={tmp / 'ours'}", f"--optimizer={optimizer}",
+                                                 *QUICK_START_FLAGS],
+                                      REPO_ROOT, tmp / "ours", 1, data_dir / "val.bin"),
         }
-        for name, (cmd, cwd) in runs.items():
-            print(f"running {name}: {' '.join(cmd[1:])}", file=sys.stderr)
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if proc.returncode:
-                raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
-            ckpt_path = Path(tmp) / ("nano" if name == "nanogpt" else "ours") / "ckpt.pt"
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            results[name] = {"wall_s": wall, "median_ms": median_ms(proc.stdout), "val_loss": final_val(proc.stdout),
-                             "full_val_loss": full_val_loss(ckpt["model"], ckpt["model_args"], data_dir / "val.bin"),
-                             "ckpt_iter": int(ckpt["iter_num"])}
+    target = results["nanogpt"]["full_val_loss"]
+    reached = [p for p in results["kazgpt"]["curve"] if p["full_val_loss"] <= target]
+    results["time_to_nanogpt_loss_s"] = reached[0]["train_s"] if reached else None
+    results["time_to_nanogpt_loss_ratio"] = reached[0]["train_s"] / results["nanogpt"]["train_s"] if reached else None
+    results["train_ratio"] = results["kazgpt"]["train_s"] / results["nanogpt"]["train_s"]
     results["wall_ratio"] = results["kazgpt"]["wall_s"] / results["nanogpt"]["wall_s"]
-    results["median_ms_ratio"] = results["kazgpt"]["median_ms"] / results["nanogpt"]["median_ms"]
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="quickstart,char", help=f"comma-separated, from {', '.join(MODELS)}")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--compile", action="store_true", help="compile the training step")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="the training rows' optimizer recipe")
-    parser.add_argument("--iters", type=int, default=None,
-                        help="timed training iterations per model (default: each model's own)")
-    parser.add_argument("--json", default="bench.json", help="where to write the results")
-    parser.add_argument("--compare_nanogpt", default=None,
-                        help="a nanoGPT checkout: also run the quick start side by side")
-    parser.add_argument("--data_dir", default=None, help="prepared char-level data for --compare_nanogpt")
-    parser.add_argument("--malloc", choices=("reuse", "glibc"), default="reuse",
-                        help="on CPU: keep freed memory for the next step as train.py does (reuse), "
-                        "or glibc's defaults")
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    train_dtype = resolve_dtype(args.dtype, device, training=True)
-    sample_dtype = resolve_dtype(args.dtype, device)
-    names = [m for m in args.models.split(",") if m]
-    unknown = [m for m in names if m not in MODELS]
-    if unknown:
-        raise SystemExit(f"unknown model {unknown[0]}: choose from {', '.join(MODELS)}")
+def print_comparison(c: dict) -> None:
+    print(f"\nquick start, 2000 iterations {'wall':>9s} {'train':>8s} {'median ms':>10s} {'whole val':>10s}")
+    for name in ("nanogpt", "kazgpt"):
+        r = c[name]
+        print(f"{name:28s} {r['wall_s']:8.1f}s {r['train_s']:7.1f}s {r['median_ms']:10.2f} {r['full_val_loss']:10.4f}")
+    print(f"{'ratio kazgpt/nanogpt':28s} {c['wall_ratio']:8.2f}x {c['train_ratio']:7.2f}x")
+    for name in ("nanogpt", "kazgpt"):
+        print(f"{name} whole-val curve: " + ", ".join(f"{p['iter']}: {p['full_val_loss']:.4f} ({p['train_s']:.1f}s)"
+                                                       for p in c[name]["curve"]))
+    if c["time_to_nanogpt_loss_s"] is None:
+        print(f"kazgpt did not reach nanoGPT's final whole-val loss {c['nanogpt']['full_val_loss']:.4f}")
+    else:
+        print(f"time to nanoGPT's final whole-val loss {c['nanogpt']['full_val_loss']:.4f}: "
+              f"{c['time_to_nanogpt_loss_s']:.1f}s of training, {c['time_to_nanogpt_loss_ratio']:.2f}x nanoGPT's")
 
-    if device == "cpu" and args.malloc == "reuse":
-        keep_freed_memory_for_reuse()
-    info = {"date": time.strftime("%Y-%m-%d"), "device": device, "optimizer": args.optimizer,
-            "train_dtype": train_dtype,
-            "sample_dtype": sample_dtype, "compile": args.compile,
-            "malloc": args.malloc if device == "cpu" else None, "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()}
-    print(f"{info['device_name']} ({device}, torch {torch.__version__}, {info['threads']} threads)")
-    print(f"training in {train_dtype}, sampling in {sample_dtype}"
-          + (f", malloc {args.malloc}" if device == "cpu" else ""))
-    results = {"info": info, "training": {}, "sampling": {}}
+
+def run_tables(names: list[str], args, device: str, train_dtype: str, sample_dtype: str, results: dict) -> None:
+    """The training and sampling rows for the named model sizes, printed and added to results."""
+    info = results["info"]
     with tempfile.TemporaryDirectory() as tmp:
         # random tokens on disk: get_batch reads a memmap exactly as in training
         path = Path(tmp) / "tokens.bin"
@@ -268,18 +293,71 @@ def main() -> None:
         print(f"{name:12s} {r['prefill_tokens_per_s']:14,.0f} {r['decode_tokens_per_s']:13,.0f} "
               f"{r['cached_500_s']:10.2f}s "
               f"{r['recompute_500_s']:13.2f}s {r['kv_speedup']:5.1f}x {str(r['same_tokens']):>12s}")
+
+
+def check_args(args, names: list[str]) -> None:
+    """Everything a run needs, checked before minutes of work."""
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise UserError(f"unknown model '{unknown[0]}': choose from {', '.join(MODELS)} (or --models= for none)")
+    if args.iters is not None and args.iters < 1:
+        raise UserError(f"--iters must be at least 1, got {args.iters}")
+    out = Path(args.json)
+    if out.is_dir() or not out.parent.is_dir():
+        raise UserError(f"--json {out}: give a file path in an existing folder")
     if args.compare_nanogpt:
-        if not args.data_dir:
-            raise SystemExit("--compare_nanogpt needs --data_dir: a folder prepared by data/qazdata_char/prepare.py")
-        c = compare_nanogpt(Path(args.compare_nanogpt), Path(args.data_dir))
+        nano = Path(args.compare_nanogpt)
+        missing = [f for f in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py")
+                   if not (nano / f).is_file()]
+        if missing:
+            raise UserError(f"--compare_nanogpt {nano} is not a nanoGPT checkout (no {missing[0]})")
+        data = Path(args.data_dir) if args.data_dir else None
+        if data is None or not all((data / f).is_file() for f in ("train.bin", "val.bin", "meta.json")):
+            raise UserError("--compare_nanogpt needs --data_dir: a folder prepared by data/qazdata_char/prepare.py "
+                            "(train.bin, val.bin, meta.json)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="quickstart,char", help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--compile", action="store_true", help="compile the training step")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="the training rows' optimizer recipe")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="timed training iterations per model (default: each model's own)")
+    parser.add_argument("--json", default="bench.json", help="where to write the results")
+    parser.add_argument("--compare_nanogpt", default=None,
+                        help="a nanoGPT checkout: also run the quick start side by side")
+    parser.add_argument("--data_dir", default=None, help="prepared char-level data for --compare_nanogpt")
+    parser.add_argument("--malloc", choices=("reuse", "glibc"), default="reuse",
+                        help="on CPU: keep freed memory for the next step as train.py does (reuse), "
+                        "or glibc's defaults")
+    args = parser.parse_args()
+    names = [m for m in args.models.split(",") if m]
+    check_args(args, names)
+    device = resolve_device(args.device)
+    train_dtype = resolve_dtype(args.dtype, device, training=True)
+    sample_dtype = resolve_dtype(args.dtype, device)
+
+    if device == "cpu" and args.malloc == "reuse":
+        keep_freed_memory_for_reuse()
+    info = {"date": time.strftime("%Y-%m-%d"), "device": device, "optimizer": args.optimizer,
+            "train_dtype": train_dtype,
+            "sample_dtype": sample_dtype, "compile": args.compile,
+            "malloc": args.malloc if device == "cpu" else None, "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()}
+    print(f"{info['device_name']} ({device}, torch {torch.__version__}, {info['threads']} threads)")
+    print(f"training in {train_dtype}, sampling in {sample_dtype}"
+          + (f", malloc {args.malloc}" if device == "cpu" else ""))
+    results = {"info": info, "training": {}, "sampling": {}}
+    if names:
+        run_tables(names, args, device, train_dtype, sample_dtype, results)
+    if args.compare_nanogpt:
+        c = compare_nanogpt(Path(args.compare_nanogpt), Path(args.data_dir), args.optimizer)
         results["vs_nanogpt"] = c
-        print(f"\nquick start, 2000 iterations: {'':8s} {'wall':>8s} {'median ms':>10s} {'val loss':>9s} "
-              f"{'full val':>9s}")
-        for name in ("nanogpt", "kazgpt"):
-            r = c[name]
-            print(f"{name:38s} {r['wall_s']:7.1f}s {r['median_ms']:10.2f} {r['val_loss']:9.4f} "
-                  f"{r['full_val_loss']:9.4f}")
-        print(f"{'ratio kazgpt/nanogpt':38s} {c['wall_ratio']:7.2f}x {c['median_ms_ratio']:9.2f}x")
+        print_comparison(c)
     Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"\nwrote {args.json}")
 

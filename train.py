@@ -48,7 +48,7 @@ from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch
                             training_batches)
 from kazgpt.device import (autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype)
-from kazgpt.optim import OPTIMIZERS, build_optimizers, lr_multiplier, set_lr
+from kazgpt.optim import LR_SCHEDULES, OPTIMIZERS, build_optimizers, lr_multiplier, newton_schulz_dtype, set_lr
 from model import GPT, GPTConfig
 
 
@@ -79,7 +79,7 @@ class TrainConfig:
     dropout: float = 0.0  # 0 for pretraining, 0.1+ for finetuning
     bias: bool = False  # biases in Linear and LayerNorm layers
     # optimizer: 'muon' (Muon for the blocks' matrices, AdamW for the rest) or 'adamw' (AdamW for all);
-    # None: adamw, and on resume the optimizer the checkpoint was made with
+    # None: muon from scratch, adamw from GPT-2 weights, on resume the optimizer the checkpoint was made with
     optimizer: Optional[str] = None
     learning_rate: float = 6e-4  # AdamW's
     max_iters: int = 600000
@@ -89,8 +89,9 @@ class TrainConfig:
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
-    # learning rate schedule: linear warmup, then cosine decay to min_lr
+    # learning rate schedule: linear warmup, then decay to min_lr along lr_schedule ('cosine' or 'wsd')
     decay_lr: bool = True
+    lr_schedule: str = "cosine"
     warmup_iters: int = 2000
     lr_decay_iters: int = 600000  # ~max_iters per the Chinchilla paper
     min_lr: float = 6e-5  # ~learning_rate/10 per the Chinchilla paper
@@ -126,6 +127,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError(f"weight_decay must be 0 or more, got {cfg.weight_decay}")
     if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer must be {' or '.join(OPTIMIZERS)} (or None for the default), got '{cfg.optimizer}'")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise UserError(f"lr_schedule must be {' or '.join(LR_SCHEDULES)}, got '{cfg.lr_schedule}'")
     if cfg.keep_checkpoints not in ("latest", "best", "both"):
         raise UserError(f"keep_checkpoints must be 'latest', 'best' or 'both', got '{cfg.keep_checkpoints}'")
 
@@ -267,17 +270,18 @@ def build_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, Optio
 
 
 def optimizer_name(cfg: TrainConfig, checkpoint: Optional[dict]) -> str:
-    """The optimizer recipe of this run: the one asked for, else adamw; on resume the checkpoint's
-    (checkpoints from before Muon were made with adamw)."""
+    """The optimizer recipe of this run: the one asked for, else muon from scratch and adamw from GPT-2
+    weights (weights pretrained with AdamW are reported to finetune worse under Muon); on resume
+    the checkpoint's (checkpoints from before Muon were made with adamw)."""
     if checkpoint is not None:
         made_with = checkpoint.get("optimizer_name", "adamw")
         if cfg.optimizer not in (None, made_with):
             raise UserError(f"the checkpoint was trained with {made_with}: resume with --optimizer={made_with}, "
                             "or leave --optimizer out")
         return made_with
-    # Muon is not the default yet: torch.optim.Muon runs Newton-Schulz in bfloat16, which on a CPU
-    # without bf16 support made the quick-start step ~20x slower (BENCHMARKS.md)
-    return cfg.optimizer or "adamw"
+    if cfg.optimizer is not None:
+        return cfg.optimizer
+    return "muon" if cfg.init_from == "scratch" else "adamw"
 
 
 def load_training_state(checkpoint: dict, optimizers: list, scaler, rank: int) -> tuple[int, float]:
@@ -524,7 +528,7 @@ def main() -> int:
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
     opt_name = optimizer_name(cfg, checkpoint)
     optimizers = build_optimizers(raw_model, opt_name, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                  cfg.muon_lr, cfg.muon_momentum, device)
+                                  cfg.muon_lr, cfg.muon_momentum, device, newton_schulz_dtype(dtype))
     print0(f"optimizer {opt_name}")
     iter_num, best_val_loss = (0, math.inf) if checkpoint is None else \
         load_training_state(checkpoint, optimizers, scaler, procs.rank)
@@ -547,8 +551,8 @@ def main() -> int:
     start_iter, signum = iter_num, 0
     step_losses: list[torch.Tensor] = []  # per-step losses on the device, read back at the next log step
     while True:
-        lr_scale = lr_multiplier(iter_num, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr / cfg.learning_rate) \
-            if cfg.decay_lr else 1.0
+        lr_scale = lr_multiplier(iter_num, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr / cfg.learning_rate,
+                                 cfg.lr_schedule) if cfg.decay_lr else 1.0
         set_lr(optimizers, lr_scale)
         last_iter = iter_num >= cfg.max_iters
         if iter_num % cfg.eval_interval == 0 or last_iter or cfg.eval_only:

@@ -19,3 +19,10 @@ eval_iters = 200
 log_interval = 10
 
 weight_decay = 1e-1
+
+# optimizer: Muon for the block matrices (the default from scratch) at nanochat's matrix rate,
+# AdamW at nanoGPT's rate for the tied embedding, LayerNorms and biases. A starting point taken
+# from the published recipes, untested on a GPU here; --optimizer=adamw gives nanoGPT's run.
+muon_lr = 0.02
+muon_momentum = 0.95
+learning_rate = 6e-4

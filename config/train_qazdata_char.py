@@ -20,9 +20,12 @@ n_head = 6
 n_embd = 384
 dropout = 0.2
 
-learning_rate = 1e-3  # small networks can take a higher rate
+# Muon for the block matrices (the default from scratch), AdamW for the rest; these rates were tuned
+# on the CPU quick start (BENCHMARKS.md), not on this 6x384 GPU size
+muon_lr = 0.01
+learning_rate = 3e-3  # AdamW's
 max_iters = 5000
 lr_decay_iters = 5000  # usually equal to max_iters
-min_lr = 1e-4  # learning_rate / 10
+min_lr = 3e-4  # learning_rate / 10
 beta2 = 0.99  # a bit higher than 0.95: few tokens per iteration
 warmup_iters = 100

@@ -2,8 +2,8 @@
 
 Two recipes (TrainConfig.optimizer):
   adamw  AdamW for every parameter (nanoGPT's recipe).
-  muon   Muon for the 2-D weight matrices inside the transformer blocks (momentum, then a Newton-Schulz
-         orthogonalization of the update), AdamW for everything else: the token and
+  muon   Muon for the 2-D weight matrices inside the transformer blocks (momentum, then a
+         Newton-Schulz orthogonalization of the update), AdamW for everything else: the token and
          position embeddings (the token embedding is also the output layer), LayerNorm gains, biases.
 
 Every parameter group carries its own base rate ("base_lr"); one schedule gives a multiplier that
@@ -15,7 +15,6 @@ import math
 
 import torch
 from torch import nn
-
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -85,30 +84,45 @@ class Muon(torch.optim.Optimizer):
                     p.add_(direction.to(p.dtype), alpha=-scale)
 
 
-def muon(params: list[nn.Parameter], lr: float, momentum: float, device: str) -> Muon:
-    """Muon for the block matrices: Newton-Schulz in bfloat16 on CUDA, float32 elsewhere (on a CPU
-    the matrices are small and bf16 kernels may be missing or emulated)."""
-    ns_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+def newton_schulz_dtype(training_dtype: str) -> torch.dtype:
+    """bfloat16 where the run trains in bf16 (its matmuls are fast there), else float32: fp16 can
+    overflow in the iteration, and a CPU without fast bf16 runs it many times slower (BENCHMARKS.md)."""
+    return torch.bfloat16 if training_dtype == "bfloat16" else torch.float32
+
+
+def muon(params: list[nn.Parameter], lr: float, momentum: float, ns_dtype: torch.dtype = torch.float32) -> Muon:
     return Muon([{"params": params, "base_lr": lr}], lr=lr, momentum=momentum, ns_dtype=ns_dtype)
 
 
 def build_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
-                     muon_lr: float, muon_momentum: float, device: str) -> list[torch.optim.Optimizer]:
-    """[AdamW] for 'adamw'; [AdamW for the rest, Muon for the block matrices] for 'muon'."""
+                     muon_lr: float, muon_momentum: float, device: str,
+                     ns_dtype: torch.dtype = torch.float32) -> list[torch.optim.Optimizer]:
+    """[AdamW] for 'adamw'; [AdamW for the rest, Muon for the block matrices] for 'muon', its
+    Newton-Schulz iteration in ns_dtype (bfloat16 where the run trains in bf16, else float32)."""
     if name == "adamw":
         return [adamw(model, lr, weight_decay, betas, device)]
     matrices = block_matrices(model)
     rest = adamw(model, lr, weight_decay, betas, device, exclude=tuple(matrices))
-    return [rest, muon(matrices, muon_lr, muon_momentum, device)]
+    return [rest, muon(matrices, muon_lr, muon_momentum, ns_dtype)]
 
 
-def lr_multiplier(it: int, warmup_iters: int, decay_iters: int, min_ratio: float) -> float:
-    """Linear warmup from 1/(warmup_iters+1) (never 0) to 1, then cosine decay to min_ratio at
-    decay_iters, and min_ratio after."""
+LR_SCHEDULES = ("cosine", "wsd")
+WSD_COOLDOWN = 0.2  # the share of the decay iterations that a warmup-stable-decay schedule spends decaying
+
+
+def lr_multiplier(it: int, warmup_iters: int, decay_iters: int, min_ratio: float, shape: str = "cosine") -> float:
+    """Linear warmup from 1/(warmup_iters+1) (never 0) to 1, then down to min_ratio at decay_iters
+    (and min_ratio after): along a cosine ('cosine'), or flat at 1 and then a straight line over the
+    last WSD_COOLDOWN of the decay iterations ('wsd', warmup-stable-decay)."""
     if it < warmup_iters:
         return (it + 1) / (warmup_iters + 1)
     if it >= decay_iters:
         return min_ratio
+    if shape == "wsd":
+        cooldown_start = decay_iters - WSD_COOLDOWN * (decay_iters - warmup_iters)
+        if it < cooldown_start:
+            return 1.0
+        return 1.0 - (1.0 - min_ratio) * (it - cooldown_start) / (decay_iters - cooldown_start)
     progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
     return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
 

@@ -33,7 +33,7 @@ def test_muon_update_matches_a_reference(shape):
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(shape))
     lr, momentum = 0.02, 0.95
-    optimizer = muon([weight], lr, momentum, "cpu")
+    optimizer = muon([weight], lr, momentum)
     expected = weight.detach().double().clone()
     buf = torch.zeros(shape, dtype=torch.float64)
     for _ in range(2):
@@ -60,7 +60,7 @@ def test_muon_matches_torch_muon():
     ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     start = [p.detach().clone() for p in ours]
-    optimizers = [muon(ours, 0.02, 0.95, "cpu"),
+    optimizers = [muon(ours, 0.02, 0.95),
                   torch.optim.Muon(theirs, lr=0.02, momentum=0.95, weight_decay=0.0, nesterov=True,
                                    adjust_lr_fn="original")]
     for _ in range(3):
@@ -96,6 +96,13 @@ def test_one_schedule_scales_every_group_from_its_base_rate():
         set_lr(optimizers, multiplier)
         assert [g["lr"] for g in optimizers[0].param_groups] == pytest.approx([1e-3 * expected] * 2)
         assert optimizers[1].param_groups[0]["lr"] == pytest.approx(0.02 * expected)
+
+
+def test_wsd_schedule_by_hand():
+    """Warmup 10, decay at 110, min ratio 0.1: flat at 1 until 90 (the last 20% decays), then a line."""
+    wsd = lambda it: lr_multiplier(it, warmup_iters=10, decay_iters=110, min_ratio=0.1, shape="wsd")
+    assert [wsd(0), wsd(9), wsd(10), wsd(89), wsd(90)] == pytest.approx([1 / 11, 10 / 11, 1.0, 1.0, 1.0])
+    assert wsd(100) == pytest.approx(0.55) and wsd(110) == pytest.approx(0.1) and wsd(500) == pytest.approx(0.1)
 
 
 def test_grad_scaler_steps_both_optimizers():

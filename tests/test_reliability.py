@@ -114,9 +114,11 @@ def test_train_bin_larger_than_ram(char_data, tmp_path):
     assert rss_kb < 2 * 2**20, rss_kb  # under 2 GB
 
 
-def test_non_finite_loss_stops_with_the_step(char_data, tmp_path):
+@pytest.mark.parametrize("log_interval", [1, 3])
+def test_non_finite_loss_stops_with_the_step(char_data, tmp_path, log_interval):
     """A NaN in the weights makes the first loss NaN: the run stops naming the step, and the
-    checkpoint it resumed from is left as it was."""
+    checkpoint it resumed from is left as it was. With log_interval=3 the loss of step 5 stays on
+    the device until the read-back after step 6, and the message still names step 5."""
     from kazgpt.checkpoint import save_checkpoint
 
     out = tmp_path / "out"
@@ -142,8 +144,34 @@ def test_non_finite_loss_stops_with_the_step(char_data, tmp_path):
         "--init_from=resume",
         "--max_iters=8",
         "--eval_interval=100",
+        f"--log_interval={log_interval}",
         check=False,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "error: the loss became nan at step 5" in proc.stderr
     assert (out / "ckpt.pt").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_sigterm_under_ddp_stops_every_rank_at_a_read_back(char_data, tmp_path):
+    """Under torchrun the ranks agree to stop only where the loss is read back (every log_interval
+    steps), so no step pays for a collective: a SIGTERM sent to the launcher reaches both workers,
+    they stop at the same read-back step with a checkpoint, and the run resumes from it."""
+    out = tmp_path / "out"
+    args = ["config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}", *TINY_MODEL,
+            "--gradient_accumulation_steps=2", "--log_interval=4", "--eval_interval=100000"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args,
+           "--max_iters=100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 4):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert "SIGTERM received" in stderr, stderr[-3000:]
+    assert stdout.count("stopped at iteration") == 1, stdout[-3000:]  # rank 0 reports for both
+    stopped = load_checkpoint(out / "ckpt.pt")["iter_num"]
+    assert stopped % 4 == 0 and f"stopped at iteration {stopped}:" in stdout
+    proc = run("train.py", *args, "--init_from=resume", f"--max_iters={stopped + 4}")
+    assert f"resuming from {out / 'ckpt.pt'} at iteration {stopped}" in proc.stdout
