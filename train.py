@@ -61,6 +61,7 @@ class TrainConfig:
     eval_iters: int = 200
     eval_only: bool = False  # evaluate once and exit
     keep_checkpoints: str = "both"  # 'latest' (ckpt.pt at every eval), 'best' (best.pt, lowest val loss) or 'both'
+    overwrite: bool = False  # replace a run already in out_dir (deletes its checkpoints and log); else it is refused
     init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir), 'gpt2*', or a local Hugging Face GPT-2 folder
     # wandb logging
     wandb_log: bool = False
@@ -127,6 +128,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError(f"weight_decay must be 0 or more, got {cfg.weight_decay}")
     if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer must be {' or '.join(OPTIMIZERS)} (or None for the default), got '{cfg.optimizer}'")
+    if not cfg.out_dir.strip():
+        raise UserError("out_dir is empty: name a folder for the checkpoints, e.g. --out_dir=out")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise UserError(f"lr_schedule must be {' or '.join(LR_SCHEDULES)}, got '{cfg.lr_schedule}'")
     if cfg.keep_checkpoints not in ("latest", "best", "both"):
@@ -190,19 +193,38 @@ def training_dtype(cfg: TrainConfig, procs: Processes) -> str:
     return dtype
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """out_dir exists and is writable; temporary checkpoint files of a run killed while saving
-    (named by temporary_name, so no user file matches) are removed."""
+RUN_FILES = ("ckpt.pt", "best.pt", "log.jsonl")  # what a run writes into out_dir
+LOCK_FILE = ".kazgpt-train.lock"
+
+
+def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool):
+    """Make out_dir this run's: it must be a writable folder that no other train.py is using (the
+    returned open lock file holds it until this process ends), and one that holds no earlier run
+    unless this run resumes it or was told to replace it (overwrite, which deletes the old run's
+    files). Temporary checkpoint files of a run killed while saving are removed (only those)."""
+    import fcntl
+
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"out_dir {out_dir} is a file, not a folder: choose another --out_dir")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        lock = open(out_dir / LOCK_FILE, "a")
     except OSError as e:
         raise UserError(f"out_dir {out_dir} is not writable ({e.strerror}): choose another --out_dir") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"another train.py is writing to {out_dir}: wait for it to end, or choose another "
+                        "--out_dir") from None
+    earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if earlier and not resume:
+        if not overwrite:
+            raise UserError(f"out_dir {out_dir} already holds a run ({', '.join(earlier)}): continue it with "
+                            "--init_from=resume, choose another --out_dir, or replace it with --overwrite")
+        for name in earlier:
+            (out_dir / name).unlink()
     remove_stale_temporaries(out_dir)
+    return lock
 
 
 # -----------------------------------------------------------------------------
@@ -520,8 +542,8 @@ def main() -> int:
 
     # ---- model and optimizer ----
     out_dir = Path(cfg.out_dir)
-    if procs.master:
-        check_out_dir(out_dir)
+    # rank 0 holds out_dir (a lock) while this name lives, to the end of main
+    out_lock = claim_out_dir(out_dir, cfg.init_from == "resume", cfg.overwrite) if procs.master else None
     raw_model, checkpoint = build_model(cfg, meta, out_dir)  # the plain module, for checkpoints and MFU
     raw_model.to(device)
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")

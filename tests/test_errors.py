@@ -210,6 +210,50 @@ def test_out_dir_is_a_file_or_unwritable(trained, tmp_path):
     assert_one_line_error(train(trained, out=file / "sub"), "not writable")
 
 
+def test_out_dir_holding_a_run_is_kept(trained, tmp_path):
+    """A new run into a folder that holds a run is refused (nothing changes), unless it resumes it or
+    --overwrite replaces it; a folder with a user's own best.pt counts as holding one; an empty
+    out_dir is refused."""
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    before = snapshot(out)
+    assert_one_line_error(train(trained, out=out), "already holds a run", "--init_from=resume", "--overwrite")
+    assert_one_line_error(train(trained, "--init_from=gpt2", out=out), "already holds a run")
+    assert snapshot(out) == before
+    proc = train(trained, "--overwrite", out=out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evals = [e for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_loss" in e]
+    assert [e["iter"] for e in evals] == [0, 6]  # the new run's log only
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "best.pt").write_text("a user's file")
+    assert_one_line_error(train(trained, out=mine), "already holds a run (best.pt)")
+    assert (mine / "best.pt").read_text() == "a user's file"
+    assert_one_line_error(train(trained, "--out_dir="), "out_dir is empty")
+
+
+def test_second_run_on_the_same_out_dir_is_refused(trained, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={trained / 'data'}",
+           f"--out_dir={out}", *TINY_MODEL, "--max_iters=100000", "--eval_interval=100000"]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / "log.jsonl").exists():
+            time.sleep(0.1)
+        assert_one_line_error(train(trained, "--init_from=resume", out=out), "another train.py is writing to")
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     import errno
 
