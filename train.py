@@ -380,9 +380,11 @@ class CheckpointWriter:
 
 
 class RunLog:
-    """The run's record: out_dir/log.jsonl (for plot.py and comparisons) and, if asked, wandb. Rank 0 only."""
+    """The run's record: out_dir/log.jsonl (for plot.py and comparisons) and, if asked, wandb. Rank 0
+    only; it also keeps rank 0's lock on out_dir (from claim_out_dir) until it is closed."""
 
-    def __init__(self, out_dir: Path, cfg: TrainConfig, active: bool):
+    def __init__(self, out_dir: Path, cfg: TrainConfig, active: bool, lock=None):
+        self.lock = lock
         self.file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if active else None
         self.wandb = None
         if active and cfg.wandb_log:
@@ -404,6 +406,8 @@ class RunLog:
             self.file.close()
         if self.wandb:
             self.wandb.finish()
+        if self.lock:
+            self.lock.close()
 
 
 def report_eval(losses: dict, meta: dict, iter_num: int, tokens: int, lr: float, run_log: RunLog) -> None:
@@ -542,7 +546,6 @@ def main() -> int:
 
     # ---- model and optimizer ----
     out_dir = Path(cfg.out_dir)
-    # rank 0 holds out_dir (a lock) while this name lives, to the end of main
     out_lock = claim_out_dir(out_dir, cfg.init_from == "resume", cfg.overwrite) if procs.master else None
     raw_model, checkpoint = build_model(cfg, meta, out_dir)  # the plain module, for checkpoints and MFU
     raw_model.to(device)
@@ -563,7 +566,7 @@ def main() -> int:
         model = DDP(model, device_ids=[procs.local_rank] if device.startswith("cuda") else None)
 
     # ---- training loop ----
-    run_log = RunLog(out_dir, cfg, procs.master)
+    run_log = RunLog(out_dir, cfg, procs.master, out_lock)
     writer = CheckpointWriter(out_dir, raw_model, optimizers, opt_name, scaler, meta, cfg, procs)
     stop = StopSignal()
     speed = SpeedMeter(raw_model, tokens_per_iter, procs.world_size, device_peak_flops(device, dtype), iter_num)

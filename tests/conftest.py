@@ -110,3 +110,12 @@ TINY_MODEL = [
     "--learning_rate=3e-3",
     "--min_lr=3e-4",
 ]
+
+
+def wait_for_log_lines(log: Path, lines: int, timeout: float = 60.0) -> None:
+    """Until a run's log.jsonl has `lines` lines (its loop is running), or the timeout passes."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= lines):
+        time.sleep(0.1)

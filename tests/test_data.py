@@ -9,7 +9,7 @@ import pytest
 from kazgpt.dataset import bits_per_byte
 from kazgpt.kazqad import load_kazqad_text
 from kazgpt.tokenizer import CharTokenizer, HFTokenizer, TiktokenTokenizer, train_byte_level_bpe
-from conftest import KAZAKH_LETTERS, REPO, TINY_MODEL, make_examples, read_log, run, write_jsonl, write_kazqad_source
+from conftest import KAZAKH_LETTERS, TINY_MODEL, make_examples, read_log, run, write_jsonl, write_kazqad_source
 
 KAZAKH_TEXT = (f"Қазақ тілінде {KAZAKH_LETTERS} әріптері бар: әке, ғалым, қала, аң, өзен, ұлт, үй, һәм, із."
                "\n«Сөз» — 2024 ж.")

@@ -235,18 +235,15 @@ def test_out_dir_holding_a_run_is_kept(trained, tmp_path):
 def test_second_run_on_the_same_out_dir_is_refused(trained, tmp_path):
     import subprocess
     import sys
-    import time
 
-    from conftest import REPO
+    from conftest import REPO, wait_for_log_lines
 
     out = tmp_path / "out"
     cmd = [sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={trained / 'data'}",
            f"--out_dir={out}", *TINY_MODEL, "--max_iters=100000", "--eval_interval=100000"]
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not (out / "log.jsonl").exists():
-            time.sleep(0.1)
+        wait_for_log_lines(out / "log.jsonl", 1)
         assert_one_line_error(train(trained, "--init_from=resume", out=out), "another train.py is writing to")
         assert first.poll() is None  # the first run goes on
     finally:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from kazgpt.checkpoint import load_checkpoint
-from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run
+from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run, wait_for_log_lines
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +164,7 @@ def test_sigterm_under_ddp_stops_every_rank_at_a_read_back(char_data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args,
            "--max_iters=100000"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = out / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 4):
-        time.sleep(0.1)
+    wait_for_log_lines(out / "log.jsonl", 4, timeout=120)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert "SIGTERM received" in stderr, stderr[-3000:]

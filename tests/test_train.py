@@ -3,12 +3,11 @@ sample; exact resume against an uninterrupted run; SIGTERM preemption."""
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from kazgpt.device import cpu_supports_bf16
-from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run
+from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run, wait_for_log_lines
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +85,7 @@ def test_sigterm_saves_and_resumes(char_data, tmp_path):
     cmd = [sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}",
            *TINY_MODEL, "--max_iters=100000", "--eval_interval=100000"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = out / "log.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 5):
-        time.sleep(0.1)
+    wait_for_log_lines(out / "log.jsonl", 5)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
