@@ -206,6 +206,9 @@ def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool):
 
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"out_dir {out_dir} is a file, not a folder: choose another --out_dir")
+    if resume and not out_dir.exists():  # nothing to resume: create nothing either
+        raise UserError(f"no checkpoint at {out_dir} (the folder does not exist): train one first "
+                        "(init_from=scratch), or point --out_dir at a folder holding ckpt.pt")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = open(out_dir / LOCK_FILE, "a")

@@ -158,6 +158,9 @@ def test_tokenizer_file_missing(trained, tmp_path):
 
 def test_resume_without_checkpoint(trained, tmp_path):
     assert_one_line_error(train(trained, "--init_from=resume", out=tmp_path / "none"), "no checkpoint at")
+    assert not (tmp_path / "none").exists()  # a failed resume creates nothing
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(train(trained, "--init_from=resume", out=tmp_path / "empty"), "no checkpoint at")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "version", "pickle"])
