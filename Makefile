@@ -1,5 +1,5 @@
 # The two commands that set up a fresh machine and run something:
-#   make quickstart   install, prepare KazQAD char-level, train on CPU, sample
+#   make quickstart   install, prepare KazQAD char-level, train on CPU (replacing an earlier quick start), sample
 #   make test         install, run the test suite
 # Offline, point the data at a local copy first, e.g.
 #   export KAZQAD_SOURCE=../shared/kazqad TIKTOKEN_CACHE_DIR=../shared/tiktoken
@@ -10,7 +10,7 @@ install:
 
 quickstart: install
 	$(PYTHON) data/qazdata_char/prepare.py
-	$(PYTHON) train.py config/train_qazdata_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0
+	$(PYTHON) train.py config/train_qazdata_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0 --overwrite
 	$(PYTHON) sample.py --out_dir=out-qazdata-char --device=cpu
 	$(PYTHON) sample.py --out_dir=out-qazdata-char --device=cpu --start="Амазонка бассейні картада қайда орналасқан?:" --num_samples=1 --max_new_tokens=100
 
