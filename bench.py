@@ -33,7 +33,7 @@ from kazgpt.cli import UserError, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, synchronize)
-from kazgpt.optim import OPTIMIZERS, build_optimizers, newton_schulz_dtype
+from kazgpt.optim import OPTIMIZERS, build_optimizers, newton_schulz_dtype, step_optimizers
 from model import GPT, GPTConfig, KVCache, decode_one_token, generate_tokens, generate_without_cache, prefill
 
 
@@ -79,14 +79,7 @@ def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool,
         with autocast:
             _, loss = step_model(x, y)
         scaler.scale(loss).backward()
-        for optimizer in optimizers:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for optimizer in optimizers:
-            scaler.step(optimizer)
-        scaler.update()
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
+        step_optimizers(optimizers, scaler, model.parameters(), 1.0)
         loss.item()
         t2 = time.perf_counter()
         if it >= warmup:

@@ -48,7 +48,8 @@ from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch
                             training_batches)
 from kazgpt.device import (autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype)
-from kazgpt.optim import LR_SCHEDULES, OPTIMIZERS, build_optimizers, lr_multiplier, newton_schulz_dtype, set_lr
+from kazgpt.optim import (LR_SCHEDULES, OPTIMIZERS, build_optimizers, lr_multiplier, newton_schulz_dtype, set_lr,
+                          step_optimizers)
 from model import GPT, GPTConfig
 
 
@@ -509,15 +510,7 @@ def train_step(model, raw_model: GPT, optimizers: list, scaler, batches, batch: 
             x, y = next(batches)  # the host prepares the next batch while the device works
             loss_sum += loss.detach()
             scaler.scale(loss / accum_steps).backward()
-    if grad_clip > 0:  # one norm over all parameters, whichever optimizer steps them
-        for optimizer in optimizers:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
-    for optimizer in optimizers:
-        scaler.step(optimizer)
-    scaler.update()
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
+    step_optimizers(optimizers, scaler, raw_model.parameters(), grad_clip)
     return loss_sum / accum_steps, (x, y)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from kazgpt.device import autocast_context
 from kazgpt.tokenizer import Tokenizer
-from model import GPT, generate_tokens
+from model import GPT, decode_one_token, generate_tokens
 
 
 class StreamDecoder:
@@ -35,15 +35,15 @@ class StreamDecoder:
 
 def stream_text(model: GPT, tokenizer: Tokenizer, ids: list[int], max_new_tokens: int, device: str, dtype: str,
                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                greedy: bool = False, generator: Optional[torch.Generator] = None, decode_step=None) -> Iterator[str]:
+                greedy: bool = False, generator: Optional[torch.Generator] = None,
+                decode_step=decode_one_token) -> Iterator[str]:
     """The text of a continuation of `ids`, piece by piece as it is generated. Only ids the tokenizer
     has are sampled (the model's vocabulary may be padded past it)."""
     decoder = StreamDecoder(tokenizer)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    step = {"decode_step": decode_step} if decode_step is not None else {}
     with torch.no_grad(), autocast_context(device, dtype):
         for token in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, greedy, generator,
-                                     vocab_size=tokenizer.vocab_size, **step):
+                                     vocab_size=tokenizer.vocab_size, decode_step=decode_step):
             piece = decoder.add(token.item())
             if piece:
                 yield piece

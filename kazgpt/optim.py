@@ -127,6 +127,20 @@ def lr_multiplier(it: int, warmup_iters: int, decay_iters: int, min_ratio: float
     return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
 
 
+def step_optimizers(optimizers: list, scaler: torch.amp.GradScaler, params, grad_clip: float) -> None:
+    """Apply the accumulated gradients: unscale them (fp16), clip them to grad_clip (one norm over all
+    parameters, whichever optimizer steps them; 0 disables it), step every optimizer, clear them."""
+    if grad_clip > 0:
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    for optimizer in optimizers:
+        scaler.step(optimizer)
+    scaler.update()
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+
+
 def set_lr(optimizers: list, multiplier: float) -> None:
     """Every group of every optimizer at its base rate times the schedule's multiplier."""
     for optimizer in optimizers:
