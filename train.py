@@ -223,8 +223,10 @@ def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool):
     earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
     if earlier and not resume:
         if not overwrite:
-            raise UserError(f"out_dir {out_dir} already holds a run ({', '.join(earlier)}): continue it with "
-                            "--init_from=resume, choose another --out_dir, or replace it with --overwrite")
+            resumable = "ckpt.pt" in earlier or "best.pt" in earlier
+            hint = "continue it with --init_from=resume, " if resumable else "it has no checkpoint to resume; "
+            raise UserError(f"out_dir {out_dir} already holds a run ({', '.join(earlier)}): {hint}"
+                            "choose another --out_dir, or replace it with --overwrite")
         for name in earlier:
             (out_dir / name).unlink()
     remove_stale_temporaries(out_dir)

@@ -232,6 +232,8 @@ def test_out_dir_holding_a_run_is_kept(trained, tmp_path):
     (mine / "best.pt").write_text("a user's file")
     assert_one_line_error(train(trained, out=mine), "already holds a run (best.pt)")
     assert (mine / "best.pt").read_text() == "a user's file"
+    (mine / "best.pt").rename(mine / "log.jsonl")  # a run killed before its first checkpoint
+    assert_one_line_error(train(trained, out=mine), "(log.jsonl): it has no checkpoint to resume", "--overwrite")
     assert_one_line_error(train(trained, "--out_dir="), "out_dir is empty")
 
 
