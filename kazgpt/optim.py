@@ -76,12 +76,15 @@ class Muon(torch.optim.Optimizer):
                     continue
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                 buf.lerp_(p.grad, 1 - momentum)
-                by_shape.setdefault(p.shape, []).append((p, p.grad.lerp(buf, momentum)))  # Nesterov
-            for (rows, cols), items in by_shape.items():
-                directions = orthogonalize(torch.stack([u for _, u in items]).to(self.ns_dtype))
-                scale = group["lr"] * math.sqrt(max(1.0, rows / cols))
-                for (p, _), direction in zip(items, directions):
-                    p.add_(direction.to(p.dtype), alpha=-scale)
+                update = p.grad.lerp(buf, momentum)  # Nesterov
+                tall = p.size(0) > p.size(1)
+                # a tall matrix joins the wide ones of its transposed shape: one batched iteration for both
+                by_shape.setdefault(update.mT.shape if tall else update.shape, []).append((p, update, tall))
+            for items in by_shape.values():
+                directions = orthogonalize(torch.stack([u.mT if tall else u for _, u, tall in items]).to(self.ns_dtype))
+                for (p, _, tall), direction in zip(items, directions):
+                    scale = group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1)))
+                    p.add_((direction.mT if tall else direction).to(p.dtype), alpha=-scale)
 
 
 def newton_schulz_dtype(training_dtype: str) -> torch.dtype:
