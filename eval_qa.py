@@ -3,7 +3,9 @@ How well does a trained model answer KazQAD's questions? Each question is asked 
 layout and answered greedily (KV cache) until the end of the answer's line, in two modes:
 
   closed_book   '<question>:'                              the model answers from memory
-  reading       '<title>\\n<passage>\\n<question>:'          the passage comes first (as much as fits the context)
+  reading       '<title>\\n<passage>\\n<question>:'          the passage comes first: the sentences around
+                                                             the one sharing most words with the question,
+                                                             as many as fit the model's context
 
 and scored with Exact Match and token F1, SQuAD-style, normalized for Kazakh (lower-casing that
 covers әғқңөұүһі, punctuation turned into spaces so that 'Г.Мендель' is two words, spaces
@@ -29,7 +31,8 @@ from kazgpt.checkpoint import load_model
 from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, stream_text
-from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_header, passage_key
+from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_key
+from kazgpt.qa_examples import question_prompt
 from kazgpt.qa import exact_match, token_f1
 
 MODES = ("closed_book", "reading")
@@ -50,10 +53,12 @@ class EvalConfig:
     dtype: Optional[str] = None
 
 
-def prompts_for(example: dict) -> dict[str, str]:
-    """The prompt of each mode for one example, in the training layout."""
-    question = format_qa(clean_question(example["question"]))
-    return {"closed_book": question, "reading": passage_header(*passage_key(example)) + question}
+def prompt_for(example: dict, mode: str, tokenizer, block_size: int) -> str:
+    """The prompt of one mode for one example, in the training layout."""
+    question, (title, context) = clean_question(example["question"]), passage_key(example)
+    if mode == "closed_book":
+        return format_qa(question)
+    return question_prompt(question, tokenizer, block_size, title, context)
 
 
 def main() -> None:
@@ -83,10 +88,9 @@ def main() -> None:
     with open(output, "w", encoding="utf-8") as out:
         for ex in tqdm(examples, desc="questions", unit="q"):
             golds = [nfc(a).strip() for a in ex["answers"]["text"]] or [""]
-            prompts = prompts_for(ex)
             for mode in modes:
                 try:
-                    prediction = answer(prompts[mode])
+                    prediction = answer(prompt_for(ex, mode, tokenizer, model.config.block_size))
                 except UserError:  # counted as wrong
                     prediction, scores[mode]["skipped"] = "", scores[mode]["skipped"] + 1
                 em, f1 = exact_match(prediction, golds), token_f1(prediction, golds)

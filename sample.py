@@ -4,6 +4,7 @@ Sample from a trained model, or from OpenAI's GPT-2:
     python sample.py --out_dir=out-qazdata-char --start="Амазонка бассейні картада қайда орналасқан?:"
     python sample.py --init_from=gpt2-xl --start="FILE:prompt.txt" --num_samples=3
     python sample.py --out_dir=out-qazdata-char --interactive   # type questions, answers stream back
+    python sample.py --out_dir=out-qa --interactive --context=FILE:passage.txt   # questions about your text
 
 A checkpoint carries its model arguments and tokenizer, so sampling needs nothing but out_dir.
 Settings are the SampleConfig fields below (see configurator.py for how overrides work).
@@ -22,7 +23,8 @@ from kazgpt.checkpoint import load_model
 from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, stream_text
-from kazgpt.kazqad import format_qa, nfc
+from kazgpt.kazqad import nfc
+from kazgpt.qa_examples import question_prompt
 from model import decode_one_token
 
 
@@ -42,6 +44,9 @@ class SampleConfig:
     dtype: Optional[str] = None  # None: bfloat16 on CUDA where supported (else float16), float32 elsewhere
     compile: bool = False  # compile the one-token decode step: ~20 s of compiling, same tokens; on CPU it does not pay
     interactive: bool = False  # read questions from stdin, stream each answer; Ctrl-D ends
+    # a passage to answer from, as text or FILE:path (a first line followed by more lines is its title);
+    # with it each question (--start, or a line of --interactive) is asked in the reading layout
+    context: Optional[str] = None
 
 
 def check_ranges(cfg: SampleConfig) -> None:
@@ -58,16 +63,26 @@ def check_ranges(cfg: SampleConfig) -> None:
         raise UserError(f"top_p must be in (0, 1] (or None), got {cfg.top_p}")
 
 
-def read_prompt(start: str) -> str:
-    if start.startswith("FILE:"):
-        path = Path(start[5:])
+def read_text_arg(value: str, key: str) -> str:
+    """The text of a --start/--context value: itself, or the file FILE:path names."""
+    if value.startswith("FILE:"):
+        path = Path(value[5:])
         if not path.is_file():
-            raise UserError(f"prompt file {path} not found (from --start=FILE:{path})")
+            raise UserError(f"file {path} not found (from --{key}=FILE:{path})")
         try:
             return nfc(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
-            raise UserError(f"prompt file {path} is not UTF-8 text") from None
-    return nfc(start)
+            raise UserError(f"file {path} (from --{key}) is not UTF-8 text") from None
+    return nfc(value)
+
+
+def read_context(value: str) -> tuple[str, str]:
+    """(title, passage) of --context: a first line followed by more lines is the title; the passage's
+    lines are joined with spaces, as a passage is one line in the training layout."""
+    lines = [" ".join(line.split()) for line in read_text_arg(value, "context").splitlines() if line.strip()]
+    if not lines:
+        raise UserError("--context is empty: give a passage, or FILE:path of a UTF-8 text file")
+    return (lines[0], " ".join(lines[1:])) if len(lines) > 1 else ("", lines[0])
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
@@ -77,8 +92,8 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def answer_questions(lines, tokenizer, generate) -> None:
-    """Interactive mode: each line read is a question, asked in the training layout ('<question>:');
+def answer_questions(lines, tokenizer, generate, ask) -> None:
+    """Interactive mode: each line read is a question, asked in the training layout by ask(question);
     the answer streams back until its line ends. A question that cannot be encoded is reported
     and the session goes on."""
     print("Ask a question (Ctrl-D to end).", file=sys.stderr)
@@ -87,7 +102,7 @@ def answer_questions(lines, tokenizer, generate) -> None:
         if not question:
             continue
         try:
-            ids = encode_prompt(tokenizer, format_qa(question))
+            ids = encode_prompt(tokenizer, ask(question))
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             continue
@@ -107,10 +122,14 @@ def main() -> None:
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     generate = lambda ids: stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype, cfg.temperature,
                                        cfg.top_k, cfg.top_p, generator=generator, decode_step=decode_step)
+    title, passage = read_context(cfg.context) if cfg.context else ("", None)
+    ask = lambda question: question_prompt(question, tokenizer, model.config.block_size, title, passage)
     if cfg.interactive:
-        answer_questions(sys.stdin, tokenizer, generate)
+        answer_questions(sys.stdin, tokenizer, generate, ask)
         return
-    prompt = read_prompt(cfg.start)
+    prompt = read_text_arg(cfg.start, "start")
+    if passage is not None:  # --start is the question
+        prompt = ask(" ".join(prompt.split()).removesuffix(":"))
     ids = encode_prompt(tokenizer, prompt)
     for _ in range(cfg.num_samples):
         print(prompt, end="", flush=True)

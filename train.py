@@ -41,8 +41,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 from kazgpt.checkpoint import (GPT2_NAMES, find_checkpoint, is_pretrained_name, load_checkpoint, load_pretrained,
-                               model_from_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint,
-                               set_rng_state)
+                               model_from_checkpoint, remove_stale_temporaries, rng_state, run_checkpoint,
+                               save_checkpoint, set_rng_state)
 from kazgpt.cli import UserError, closest, is_rank0, print0, run_main
 from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch, load_dataset_meta, open_token_files,
                             training_batches)
@@ -63,7 +63,9 @@ class TrainConfig:
     eval_only: bool = False  # evaluate once and exit
     keep_checkpoints: str = "both"  # 'latest' (ckpt.pt at every eval), 'best' (best.pt, lowest val loss) or 'both'
     overwrite: bool = False  # replace a run already in out_dir (deletes its checkpoints and log); else it is refused
-    init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir), 'gpt2*', or a local Hugging Face GPT-2 folder
+    # 'scratch', 'resume' (from out_dir), 'gpt2*', a local Hugging Face GPT-2 folder, or an earlier run of this
+    # repo to finetune (its out_dir or a checkpoint file; the weights only, with a new optimizer state)
+    init_from: str = "scratch"
     # wandb logging
     wandb_log: bool = False
     wandb_project: str = "owt"
@@ -74,6 +76,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 5 * 8  # micro-steps per optimizer step, over all processes
     batch_size: int = 12  # micro-batch size per process
     block_size: int = 1024
+    pack_examples: bool = True  # QA datasets: a window runs on into the examples after its first one (else padding)
     # model
     n_layer: int = 12
     n_head: int = 12
@@ -81,7 +84,7 @@ class TrainConfig:
     dropout: float = 0.0  # 0 for pretraining, 0.1+ for finetuning
     bias: bool = False  # biases in Linear and LayerNorm layers
     # optimizer: 'muon' (Muon for the blocks' matrices, AdamW for the rest) or 'adamw' (AdamW for all);
-    # None: muon from scratch, adamw from GPT-2 weights, on resume the optimizer the checkpoint was made with
+    # None: muon from scratch, adamw from GPT-2 weights, else the optimizer the checkpoint was made with
     optimizer: Optional[str] = None
     learning_rate: float = 6e-4  # AdamW's
     max_iters: int = 600000
@@ -135,6 +138,10 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError(f"lr_schedule must be {' or '.join(LR_SCHEDULES)}, got '{cfg.lr_schedule}'")
     if cfg.keep_checkpoints not in ("latest", "best", "both"):
         raise UserError(f"keep_checkpoints must be 'latest', 'best' or 'both', got '{cfg.keep_checkpoints}'")
+    source = run_checkpoint(cfg.init_from) if cfg.init_from not in ("scratch", "resume") else None
+    if source is not None and source.resolve().parent == Path(cfg.out_dir).resolve():
+        raise UserError(f"init_from {cfg.init_from} is in out_dir {cfg.out_dir}: finetune into a new --out_dir, or "
+                        "continue that run with --init_from=resume")
 
 
 # -----------------------------------------------------------------------------
@@ -270,8 +277,8 @@ def resumed_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, dic
 
 def pretrained_model(cfg: TrainConfig, meta: dict) -> GPT:
     if not is_pretrained_name(cfg.init_from):
-        raise UserError(f"init_from must be scratch, resume, {', '.join(GPT2_NAMES)} or a local GPT-2 folder; "
-                        f"got '{cfg.init_from}'")
+        raise UserError(f"init_from must be scratch, resume, {', '.join(GPT2_NAMES)}, a local GPT-2 folder, or a "
+                        f"run of this repo to finetune (its out_dir or checkpoint file); got '{cfg.init_from}'")
     print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
     model = load_pretrained(cfg.init_from, dropout=cfg.dropout)
     if model.config.vocab_size < meta["vocab_size"]:
@@ -282,34 +289,49 @@ def pretrained_model(cfg: TrainConfig, meta: dict) -> GPT:
     return model
 
 
-def build_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, Optional[dict]]:
-    """The model to train, and the checkpoint it resumes from (None unless init_from=resume)."""
-    checkpoint = None
+def finetuned_model(cfg: TrainConfig, meta: dict, path: Path) -> tuple[GPT, str]:
+    """The weights of an earlier run of this repo, and the optimizer they were trained with."""
+    checkpoint = load_checkpoint(path)
+    print0(f"initializing from {path} (iteration {checkpoint['iter_num']} of that run)")
+    if checkpoint.get("tokenizer") != meta["tokenizer"]:
+        raise UserError(f"{path} was trained with another tokenizer than dataset '{cfg.dataset}': prepare the "
+                        "dataset with the model's tokenizer (e.g. data/qazdata_qa/prepare.py --tokenizer=<the "
+                        "dataset folder it was trained on>)")
+    model = model_from_checkpoint(checkpoint, dropout=cfg.dropout)
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+    return model, checkpoint.get("optimizer_name", "adamw")
+
+
+def build_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, Optional[dict], Optional[str]]:
+    """The model to train, the checkpoint it resumes from (None unless init_from=resume), and the
+    optimizer its weights were trained with (None from scratch)."""
+    checkpoint, made_with = None, None
     if cfg.init_from == "scratch":
         model = new_model(cfg, meta["vocab_size"])
     elif cfg.init_from == "resume":
         model, checkpoint = resumed_model(cfg, meta, out_dir)
+        made_with = checkpoint.get("optimizer_name", "adamw")  # checkpoints from before Muon: adamw
+    elif run_checkpoint(cfg.init_from) is not None:
+        model, made_with = finetuned_model(cfg, meta, run_checkpoint(cfg.init_from))
     else:
-        model = pretrained_model(cfg, meta)
+        model, made_with = pretrained_model(cfg, meta), "adamw"
     if model.config.block_size < cfg.block_size:  # a resumed or pretrained model has its own context length
         raise UserError(f"block_size {cfg.block_size} is larger than {cfg.init_from}'s {model.config.block_size}: "
                         f"use --block_size={model.config.block_size} or less")
-    return model, checkpoint
+    return model, checkpoint, made_with
 
 
-def optimizer_name(cfg: TrainConfig, checkpoint: Optional[dict]) -> str:
-    """The optimizer recipe of this run: the one asked for, else muon from scratch and adamw from GPT-2
-    weights (weights pretrained with AdamW are reported to finetune worse under Muon); on resume
-    the checkpoint's (checkpoints from before Muon were made with adamw)."""
-    if checkpoint is not None:
-        made_with = checkpoint.get("optimizer_name", "adamw")
-        if cfg.optimizer not in (None, made_with):
-            raise UserError(f"the checkpoint was trained with {made_with}: resume with --optimizer={made_with}, "
-                            "or leave --optimizer out")
+def optimizer_name(cfg: TrainConfig, resuming: bool, made_with: Optional[str]) -> str:
+    """The optimizer recipe of this run: on resume the checkpoint's; else the one asked for, or the
+    one the weights were trained with (GPT-2's: adamw; weights pretrained with AdamW are reported to
+    finetune worse under Muon), or muon from scratch."""
+    if resuming and cfg.optimizer not in (None, made_with):
+        raise UserError(f"the checkpoint was trained with {made_with}: resume with --optimizer={made_with}, "
+                        "or leave --optimizer out")
+    if resuming:
         return made_with
-    if cfg.optimizer is not None:
-        return cfg.optimizer
-    return "muon" if cfg.init_from == "scratch" else "adamw"
+    return cfg.optimizer or made_with or "muon"
 
 
 def load_training_state(checkpoint: dict, optimizers: list, scaler, rank: int) -> tuple[int, float]:
@@ -343,7 +365,8 @@ def estimate_loss(model, data: dict, cfg: TrainConfig, procs: Processes, autocas
         losses = torch.zeros(cfg.eval_iters, device=procs.device)
         for k in range(cfg.eval_iters):
             generator = batch_generator(cfg.seed, -1, split_id, k, procs.rank)
-            x, y = get_batch(data[split], cfg.batch_size, cfg.block_size, generator, procs.device)
+            # QA data: one example per window, so that val loss does not depend on pack_examples
+            x, y = get_batch(data[split], cfg.batch_size, cfg.block_size, generator, procs.device, packed=False)
             with autocast:
                 losses[k] = model(x, y)[1]
         mean = losses.mean()
@@ -538,18 +561,18 @@ def main() -> int:
     # ---- data ----
     data_dir = dataset_dir(cfg)
     meta = load_dataset_meta(data_dir, cfg.block_size)
-    data = open_token_files(data_dir)
+    data = open_token_files(data_dir, meta["kind"])
     print0(f"dataset {cfg.dataset}: {len(data['train']):,} train tokens, {len(data['val']):,} val tokens, "
            f"vocab {meta['vocab_size']}")
 
     # ---- model and optimizer ----
     out_dir = Path(cfg.out_dir)
     out_lock = claim_out_dir(out_dir, cfg.init_from == "resume", cfg.overwrite) if procs.master else None
-    raw_model, checkpoint = build_model(cfg, meta, out_dir)  # the plain module, for checkpoints and MFU
+    raw_model, checkpoint, made_with = build_model(cfg, meta, out_dir)  # the plain module, for checkpoints and MFU
     raw_model.to(device)
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
-    opt_name = optimizer_name(cfg, checkpoint)
+    opt_name = optimizer_name(cfg, checkpoint is not None, made_with)
     optimizers = build_optimizers(raw_model, opt_name, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                   cfg.muon_lr, cfg.muon_momentum, device, newton_schulz_dtype(dtype))
     print0(f"optimizer {opt_name}")
@@ -569,7 +592,7 @@ def main() -> int:
     stop = StopSignal()
     speed = SpeedMeter(raw_model, tokens_per_iter, procs.world_size, device_peak_flops(device, dtype), iter_num)
     batches = training_batches(data["train"], cfg.batch_size, cfg.block_size, cfg.seed, iter_num, accum_steps,
-                               procs.rank * accum_steps, device)
+                               procs.rank * accum_steps, device, cfg.pack_examples)
     batch = next(batches)  # each next batch is fetched while the device computes the current one
     start_iter, signum = iter_num, 0
     step_losses: list[torch.Tensor] = []  # per-step losses on the device, read back at the next log step

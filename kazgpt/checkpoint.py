@@ -10,6 +10,7 @@ import contextlib
 import os
 import random
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -97,9 +98,20 @@ def model_from_checkpoint(ckpt: dict, **overrides) -> GPT:
     return model
 
 
+def run_checkpoint(init_from: str) -> Optional[Path]:
+    """The checkpoint of this repo that init_from names: a checkpoint file, or a run's out_dir (its
+    best.pt, else its ckpt.pt); None if it names none."""
+    path = Path(init_from).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir() and any((path / name).exists() for name in CHECKPOINT_NAMES):
+        return find_checkpoint(path, "best.pt")
+    return None
+
+
 def is_pretrained_name(init_from: str) -> bool:
     """Whether init_from names GPT-2 weights: an OpenAI model name or a local transformers folder."""
-    return init_from in GPT2_NAMES or Path(init_from).is_dir()
+    return init_from in GPT2_NAMES or (Path(init_from).is_dir() and run_checkpoint(init_from) is None)
 
 
 def load_pretrained(name_or_path: str, dropout: float = 0.0) -> GPT:

@@ -3,7 +3,13 @@ before training, and drawing training batches from them.
 
 train.bin and val.bin are flat uint16 token ids. meta.json holds the tokenizer spec (or the name
 of a tokenizer file beside it), the vocabulary size, each split's token count (checked against
-the .bin files) and the val text's UTF-8 bytes (for bits per byte).
+the .bin files), the val text's UTF-8 bytes (for bits per byte) and the dataset's kind:
+
+  text  documents one after another; a batch is random windows of the token file.
+  qa    question-answering examples one after another (kazgpt/qa_examples.py), each at most
+        meta["block_size"] tokens, with train.mask/val.mask beside the .bin files: one uint8 per
+        token, bit 1 (LOSS) on answer tokens, the only ones the loss counts, and bit 2 (START) on
+        the first token of each example. A batch is windows that start at example starts.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from kazgpt.cli import UserError
+from kazgpt.qa_examples import LOSS, START
 from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,23 +67,27 @@ def write_text_dataset(out_dir: Path, train_docs: list[str], val_docs: list[str]
           f"wrote {out_dir}/train.bin, val.bin, meta.json")
 
 
-def write_dataset(out_dir: Path, train_ids, val_ids, tokenizer: Tokenizer, val_text_bytes: int) -> None:
-    """Write uint16 train.bin/val.bin and their meta.json."""
+def write_dataset(out_dir: Path, train_ids, val_ids, tokenizer: Tokenizer, val_text_bytes: Optional[int],
+                  masks: Optional[tuple] = None, extra_meta: Optional[dict] = None) -> None:
+    """Write uint16 train.bin/val.bin, their uint8 .mask files for a QA dataset (masks: train's, val's)
+    and meta.json (with extra_meta, e.g. the kind)."""
     if tokenizer.vocab_size > UINT16_VOCAB:
         raise UserError(f"vocabulary of {tokenizer.vocab_size} does not fit uint16 token files "
                         f"(at most {UINT16_VOCAB})")
     counts = {}
-    for split, ids in (("train", train_ids), ("val", val_ids)):
+    for i, (split, ids) in enumerate((("train", train_ids), ("val", val_ids))):
         arr = np.asarray(ids, dtype=np.uint16)
         arr.tofile(out_dir / f"{split}.bin")
         counts[split] = len(arr)
-    write_meta(out_dir, tokenizer.spec, tokenizer.vocab_size, counts, val_text_bytes)
+        if masks is not None:
+            np.asarray(masks[i], dtype=np.uint8).tofile(out_dir / f"{split}.mask")
+    write_meta(out_dir, tokenizer.spec, tokenizer.vocab_size, counts, val_text_bytes, extra_meta)
 
 
 def write_meta(out_dir: Path, tokenizer_spec: dict, vocab_size: int, counts: dict[str, int],
-               val_text_bytes: int) -> None:
-    meta = {"vocab_size": vocab_size, "tokenizer": tokenizer_spec, "train_tokens": counts["train"],
-            "val_tokens": counts["val"], "val_bytes": val_text_bytes}
+               val_text_bytes: Optional[int], extra: Optional[dict] = None) -> None:
+    meta = {"kind": "text", "vocab_size": vocab_size, "tokenizer": tokenizer_spec, "train_tokens": counts["train"],
+            "val_tokens": counts["val"], "val_bytes": val_text_bytes, **(extra or {})}
     (out_dir / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
@@ -118,7 +129,27 @@ def load_dataset_meta(data_dir: Path, block_size: int) -> dict:
                         f"{meta['vocab_size']}: they come from different runs; run {prepare} again")
     for split in ("train", "val"):
         _check_token_file(data_dir / f"{split}.bin", meta.get(f"{split}_tokens"), block_size, prepare)
+    meta.setdefault("kind", "text")  # datasets prepared before QA datasets existed
+    if meta["kind"] == "qa":
+        _check_qa_files(data_dir, meta, block_size, prepare)
+    elif meta["kind"] != "text":
+        raise UserError(f"{data_dir / 'meta.json'} names an unknown kind '{meta['kind']}' (text or qa): "
+                        f"run {prepare} again")
     return meta
+
+
+def _check_qa_files(data_dir: Path, meta: dict, block_size: int, prepare: str) -> None:
+    examples = meta.get("block_size")
+    if not isinstance(examples, int):
+        raise UserError(f"{data_dir / 'meta.json'} has no example length (block_size): run {prepare} again")
+    if block_size < examples:
+        raise UserError(f"the examples of {data_dir} are up to {examples} tokens long, more than block_size "
+                        f"{block_size}: use --block_size={examples}, or prepare them with --block_size={block_size}")
+    for split in ("train", "val"):
+        path, tokens = data_dir / f"{split}.mask", (data_dir / f"{split}.bin").stat().st_size // 2
+        if not path.exists() or path.stat().st_size != tokens:
+            what = "is missing" if not path.exists() else f"holds {path.stat().st_size} entries for {tokens} tokens"
+            raise UserError(f"{path} {what}: run {prepare} again")
 
 
 def _read_meta(path: Path, prepare: str) -> dict:
@@ -160,9 +191,44 @@ def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: in
 # batches
 
 
-def open_token_files(data_dir: Path) -> dict[str, np.ndarray]:
-    """One read-only memmap per split: the OS page cache, not this process, holds what was read."""
-    return {split: np.memmap(data_dir / f"{split}.bin", dtype=np.uint16, mode="r") for split in ("train", "val")}
+class ExampleSplit:
+    """One split of a QA dataset: tokens, mask and where each example starts."""
+
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray):
+        self.tokens, self.mask = tokens, mask
+        self.starts = np.flatnonzero(mask & START)
+        if not len(self.starts) or not (mask & LOSS).any():
+            raise UserError("a QA dataset split holds no examples with an answer: prepare it again")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def windows(self, batch_size: int, block_size: int, generator, packed: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Token windows (B, T+1) from random example starts and whether each token's loss counts:
+        the answer tokens of the window's first example, and with packed those of the examples after
+        it in the window too (else the rest of the window is padding)."""
+        import torch
+
+        starts = self.starts[torch.randint(len(self.starts), (batch_size,), generator=generator).numpy()]
+        positions = starts[:, None] + np.arange(block_size + 1)  # (B, T+1)
+        inside = positions < len(self.tokens)
+        positions = np.minimum(positions, len(self.tokens) - 1)
+        flags = self.mask[positions]
+        counts = (flags & LOSS).astype(bool) & inside
+        if not packed:
+            counts &= np.cumsum((flags & START) > 0, axis=1) <= 1
+        return self.tokens[positions].astype(np.int64), counts
+
+
+def open_token_files(data_dir: Path, kind: str = "text") -> dict:
+    """Each split as a read-only memmap (the OS page cache, not this process, holds what was read);
+    for a QA dataset, an ExampleSplit over its tokens and mask."""
+    splits = {}
+    for split in ("train", "val"):
+        tokens = np.memmap(data_dir / f"{split}.bin", dtype=np.uint16, mode="r")
+        mask = np.memmap(data_dir / f"{split}.mask", dtype=np.uint8, mode="r") if kind == "qa" else None
+        splits[split] = tokens if mask is None else ExampleSplit(tokens, mask)
+    return splits
 
 
 def batch_generator(*key: int):
@@ -177,24 +243,31 @@ def batch_generator(*key: int):
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-def get_batch(data: np.ndarray, batch_size: int, block_size: int, generator, device: str):
-    """x, y (B, T): random windows of the token file and the same windows shifted by one."""
+def get_batch(data, batch_size: int, block_size: int, generator, device: str, packed: bool = True):
+    """x, y (B, T): random windows of the token file and the same windows shifted by one. From an
+    ExampleSplit, windows that start at examples, with y = -1 (ignored by the loss) where the loss
+    does not count."""
     import torch
 
-    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
-    windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
-    x, y = windows[:, :-1], windows[:, 1:]
+    if isinstance(data, ExampleSplit):
+        windows, counts = data.windows(batch_size, block_size, generator, packed)
+        windows, counts = torch.from_numpy(windows), torch.from_numpy(counts)
+        x, y = windows[:, :-1], windows[:, 1:].masked_fill(~counts[:, 1:], -1)
+    else:
+        starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+        windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
+        x, y = windows[:, :-1], windows[:, 1:]
     if device.startswith("cuda"):  # pinned memory lets the copy overlap with compute
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.contiguous().to(device), y.contiguous().to(device)
 
 
-def training_batches(data: np.ndarray, batch_size: int, block_size: int, seed: int, first_step: int,
-                     micro_steps: int, first_micro: int, device: str) -> Iterator[tuple]:
+def training_batches(data, batch_size: int, block_size: int, seed: int, first_step: int, micro_steps: int,
+                     first_micro: int, device: str, packed: bool = True) -> Iterator[tuple]:
     """The batches of one process in training order, from step first_step on: for each step,
     micro-steps first_micro .. first_micro + micro_steps - 1 of the global micro-step count."""
     step = first_step
     while True:
         for micro in range(first_micro, first_micro + micro_steps):
-            yield get_batch(data, batch_size, block_size, batch_generator(seed, step, micro), device)
+            yield get_batch(data, batch_size, block_size, batch_generator(seed, step, micro), device, packed)
         step += 1

@@ -196,6 +196,21 @@ def _load_main_text(source: Optional[str]) -> tuple[list[str], list[str], str]:
     return train, val, f"KazQAD {'+'.join(sorted(splits))}: {len(train) + len(val)} passages, split 90/10 by passage"
 
 
+def split_rows(splits: dict[str, list[dict]]) -> tuple[list[dict], list[dict], str]:
+    """KazQAD rows to train on and rows held out, split as load_kazqad_text splits the documents:
+    the train and validation splits where the source has both, else all rows, 90/10 by passage."""
+    if splits.get("train") and splits.get("validation"):
+        return splits["train"], splits["validation"], "KazQAD train split -> train, validation split -> held out"
+    passages = kazqad_passages(ex for name in sorted(splits) for ex in splits[name])
+    docs = {key: passage_document(*key, exs) for key, exs in passages.items()}
+    held_out = set(split_documents(list(docs.values()))[1])
+    train = [ex for key, exs in passages.items() if docs[key] not in held_out for ex in exs]
+    val = [ex for key, exs in passages.items() if docs[key] in held_out for ex in exs]
+    n_val = sum(docs[key] in held_out for key in passages)
+    return train, val, (f"KazQAD {'+'.join(sorted(splits))}: {len(passages) - n_val} passages -> train, "
+                        f"{n_val} held out (split 90/10 by passage)")
+
+
 def held_out_examples(source: Optional[str], split: str) -> tuple[list[dict], str]:
     """The questions that are fair to ask a model trained on this source, and a line saying which.
     With several splits, all of `split`; with one, only those of the passages that the 90/10
@@ -206,12 +221,9 @@ def held_out_examples(source: Optional[str], split: str) -> tuple[list[dict], st
                         f"use --split={sorted(splits)[0]}")
     if len(splits) > 1:
         return splits[split], f"all {len(splits[split])} questions of the {split} split"
-    passages = kazqad_passages(splits[split])
-    docs = {key: passage_document(*key, exs) for key, exs in passages.items()}
-    _, val_docs = split_documents(list(docs.values()))
-    held_out = set(val_docs)
-    examples = [ex for key, exs in passages.items() if docs[key] in held_out for ex in exs]
-    return examples, (f"{len(examples)} questions of the {len(held_out)} passages held out of training "
+    _, examples, _ = split_rows(splits)
+    n_passages = len(kazqad_passages(examples))
+    return examples, (f"{len(examples)} questions of the {n_passages} passages held out of training "
                       "(the source has one split)")
 
 

@@ -1,0 +1,72 @@
+"""
+KazQAD as question-answering finetuning data: examples with a loss mask on the answer tokens
+(the format is in kazgpt/dataset.py, the layout in kazgpt/qa_examples.py).
+
+    python data/qazdata_qa/prepare.py --source=../shared/kazqad --tokenizer=data/qazdata_bpe --block_size=256 --cloze=4
+
+train: for each question of the training passages a reading example (the passage cut to fit
+--block_size around the answer) and a closed-book one, and --cloze pseudo-questions per training
+passage. val: the reading and closed-book examples of the held-out questions (the same passages
+eval_qa.py asks about). The tokenizer must be the one of the model to finetune: --tokenizer names
+a prepared dataset folder whose tokenizer to use (the one the model was pretrained on), or gpt2.
+KazQAD (Yeshpanov et al., 2024) is licensed CC BY-SA 4.0.
+"""
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from kazgpt.cli import UserError, run_main  # noqa: E402
+from kazgpt.dataset import dataset_out_dir, load_dataset_meta, write_dataset  # noqa: E402
+from kazgpt.kazqad import kazqad_arg_parser, kazqad_passages, read_kazqad_examples, source_or_env, split_rows  # noqa: E402
+from kazgpt.qa_examples import cloze_examples, encode_examples, kazqad_examples  # noqa: E402
+from kazgpt.tokenizer import TiktokenTokenizer, tokenizer_from_spec  # noqa: E402
+
+
+def load_tokenizer(name: str, out_dir: Path):
+    """The tokenizer of a prepared dataset folder (its tokenizer.json copied into out_dir), or GPT-2's."""
+    if name == "gpt2":
+        return TiktokenTokenizer("gpt2")
+    folder = Path(name)
+    if not folder.is_dir():
+        raise UserError(f"--tokenizer {name} is not a folder: name a prepared dataset folder "
+                        "(e.g. data/qazdata_bpe, after its prepare.py) or gpt2")
+    tokenizer = tokenizer_from_spec(load_dataset_meta(folder, 0)["tokenizer"])
+    if tokenizer.spec["kind"] == "hf":  # meta.json names the file, as in the folder it came from
+        (out_dir / "tokenizer.json").write_text(tokenizer.spec["tokenizer_json"], encoding="utf-8")
+        tokenizer.spec = {"kind": "hf", "file": "tokenizer.json"}
+    return tokenizer
+
+
+def main() -> None:
+    parser = kazqad_arg_parser(__doc__)
+    parser.add_argument("--tokenizer", default="data/qazdata_bpe", help="a prepared dataset folder, or gpt2")
+    parser.add_argument("--block_size", type=int, default=256, help="tokens an example may take (prompt and answer)")
+    parser.add_argument("--cloze", type=int, default=0, help="cloze pseudo-questions per training passage")
+    parser.add_argument("--seed", type=int, default=0, help="picks the cloze sentences and spans, and the order")
+    args = parser.parse_args()
+    if args.block_size < 32 or args.cloze < 0:
+        raise UserError("--block_size must be at least 32 and --cloze 0 or more")
+    if args.nq_translate or args.nq_source:
+        raise UserError("--nq_translate is for the pretraining text (data/qazdata*/prepare.py), not QA examples")
+    out_dir = dataset_out_dir(args.out_dir, __file__)
+    tokenizer = load_tokenizer(args.tokenizer, out_dir)
+    train_rows, val_rows, how = split_rows(read_kazqad_examples(source_or_env(args.source)))
+    print(how)
+    train, dropped = kazqad_examples(train_rows, tokenizer, args.block_size)
+    cloze = cloze_examples(kazqad_passages(train_rows), args.cloze, tokenizer, args.block_size, args.seed)
+    val, val_dropped = kazqad_examples(val_rows, tokenizer, args.block_size)
+    print(f"train: {len(train)} KazQAD examples (reading and closed-book; {dropped} reading examples left out: "
+          f"answer not found or too long), {len(cloze)} cloze examples; val: {len(val)} examples")
+    train += cloze
+    random.Random(args.seed).shuffle(train)  # kinds mixed, so packed windows hold a mix
+    train_ids, train_mask = encode_examples(train, tokenizer)
+    val_ids, val_mask = encode_examples(val, tokenizer)
+    write_dataset(out_dir, train_ids, val_ids, tokenizer, None, masks=(train_mask, val_mask),
+                  extra_meta={"kind": "qa", "block_size": args.block_size})
+    print(f"{len(train_ids):,} train and {len(val_ids):,} val tokens ({sum(m & 1 for m in train_mask):,} train "
+          f"answer tokens): wrote {out_dir}/train.bin, val.bin, train.mask, val.mask, meta.json")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,149 @@
+"""Question-answering finetuning data: the answer span survives every cut, the loss counts answer
+tokens only (against a hand computation), cloze questions come from training passages only, and
+finetuning from an earlier run checks the tokenizer."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import KAZQAD_VAL, run
+from kazgpt.dataset import ExampleSplit, get_batch, batch_generator, open_token_files
+from kazgpt.kazqad import passage_key, read_kazqad_examples, split_rows
+from kazgpt.qa_examples import (CLOZE_BLANK, LOSS, START, QAExample, cloze_examples, encode_examples, first_answer, fit_passage,
+                                kazqad_examples, question_prompt, reading_example, sentence_spans)
+from kazgpt.tokenizer import CharTokenizer
+from model import GPT, GPTConfig
+
+
+def char_tokenizer(rows: list[dict]) -> CharTokenizer:
+    text = "".join(r["title"] + r["context"] + r["question"] + "".join(r["answers"]["text"]) for r in rows)
+    return CharTokenizer("".join(sorted(set(text) | set(f"\n :{CLOZE_BLANK}"))))
+
+
+@pytest.fixture(scope="module")
+def kazqad_rows():
+    if not KAZQAD_VAL.exists():
+        pytest.skip("no shared KazQAD copy")
+    return [json.loads(line) for line in KAZQAD_VAL.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("block_size", [96, 160, 400])
+def test_reading_examples_never_cut_the_answer(kazqad_rows, block_size):
+    """Every KazQAD question at three context sizes: where a reading example is made, its passage is
+    a stretch of the original that holds the answer at its place, and prompt plus answer fit."""
+    tokenizer = char_tokenizer(kazqad_rows)
+    made = 0
+    for row in kazqad_rows:
+        title, context = passage_key(row)
+        answer, start = first_answer(row)
+        ex = reading_example(title, context, row["question"], answer, start, tokenizer, block_size)
+        if ex is None:  # the title, the question and the answer's words alone do not fit
+            continue
+        made += 1
+        passage = ex.prompt[len(f"{title}\n" if title else ""):ex.prompt.rindex("\n")]  # passages may hold newlines
+        offset = context.find(passage)
+        assert offset >= 0 and offset <= start and start + len(answer) <= offset + len(passage)
+        assert ex.answer == f" {answer}\n"
+        assert len(tokenizer.encode(ex.prompt + ex.answer)) <= block_size
+    assert made >= (0.9 if block_size > 96 else 0.3) * len(kazqad_rows)
+
+
+def test_fit_passage_keeps_whole_sentences_around_the_focus():
+    context = "Бірінші сөйлем. Екінші сөйлем мұнда. Үшінші сөйлем. Төртінші сөйлем осы."
+    tokenizer = CharTokenizer("".join(sorted(set(context + "\n :Тақырыпсұрау?"))))
+    spans = sentence_spans(context)
+    assert len(spans) == 4 and "".join(context[a:b] for a, b in spans) == context
+    focus = (context.index("Үшінші"), context.index("Үшінші") + 6)
+    full = len(tokenizer.encode("Т\n" + context + "\nсұрау?:"))
+    assert fit_passage("Т", context, "сұрау?", focus, tokenizer, full) == context
+    two = fit_passage("Т", context, "сұрау?", focus, tokenizer, full - len("Бірінші сөйлем. "))
+    assert two == "Екінші сөйлем мұнда. Үшінші сөйлем. Төртінші сөйлем осы."
+    words_only = fit_passage("Т", context, "сұрау?", focus, tokenizer, len("Т\nҮшінші сөйлем.\nсұрау?:") + 1)
+    assert words_only == "Үшінші сөйлем."
+    assert fit_passage("Т", context, "сұрау?", focus, tokenizer, 5) is None
+
+
+def test_question_prompt_centres_on_the_sentence_that_shares_the_question_words():
+    context = "Алма ағашы бақта өседі. Абай 1845 жылы туған. Ол ақын болған. Өзен ұзын."
+    tokenizer = CharTokenizer("".join(sorted(set(context + "\n :Абай қашан туған?"))))
+    prompt = question_prompt("Абай қашан туған?", tokenizer, 24 + 16 + len("Абай қашан туған?:") + 1, "", context)
+    assert prompt == "Абай 1845 жылы туған.\nАбай қашан туған?:"
+    assert question_prompt("Абай қашан туған?", tokenizer, 256) == "Абай қашан туған?:"
+
+
+def test_mask_marks_answers_and_starts():
+    tokenizer = CharTokenizer("abc:\n ")
+    ids, mask = encode_examples([QAExample("ab:", " c\n"), QAExample("c:", " a\n")], tokenizer)
+    assert tokenizer.decode(ids) == "ab: c\nc: a\n"
+    assert mask == [START, 0, 0, LOSS, LOSS, LOSS, START, 0, LOSS, LOSS, LOSS]
+
+
+def test_loss_counts_answer_tokens_only_by_hand(tmp_path):
+    """The loss of a QA batch equals the cross-entropy over its answer tokens computed by hand from
+    the logits; with packed=False only the first example of each window counts."""
+    tokenizer = CharTokenizer("abcdefgh:\n ")
+    examples = [QAExample("abc:", " d\n"), QAExample("ef:", " gh\n"), QAExample("hha:", " b\n")] * 3
+    ids, mask = encode_examples(examples, tokenizer)
+    split = ExampleSplit(np.array(ids, dtype=np.uint16), np.array(mask, dtype=np.uint8))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=1, n_embd=8))
+    for packed in (True, False):
+        x, y = get_batch(split, 4, 16, batch_generator(0, 1, 2), "cpu", packed)
+        logits, loss = model(x, y)
+        by_hand, count = 0.0, 0
+        for b in range(4):
+            padded = ids + [ids[-1]] * 16  # a window that runs past the end repeats the last token, uncounted
+            start = next(i for i in range(len(ids)) if padded[i:i + 16] == x[b].tolist() and mask[i] & START)
+            for t in range(16):
+                pos = start + t + 1
+                if pos >= len(ids):
+                    break
+                first_example = not any(mask[p] & START for p in range(start + 1, pos + 1))
+                if mask[pos] & LOSS and (packed or first_example):
+                    by_hand -= F.log_softmax(logits[b, t], -1)[ids[pos]].item()
+                    count += 1
+        assert count == (y >= 0).sum().item() and count > 0
+        assert loss.item() == pytest.approx(by_hand / count, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_prepare_cloze_from_train_passages_only_and_finetune_checks_tokenizer(kazqad_rows, tmp_path):
+    """The QA prepare script on KazQAD: cloze questions only from training passages (none from the
+    held-out ones eval_qa.py asks about); a model pretrained on another tokenizer is refused."""
+    run("data/qazdata_bpe/prepare.py", f"--source={KAZQAD_VAL}", "--vocab_size=400", f"--out_dir={tmp_path / 'bpe'}")
+    qa = tmp_path / "qa"
+    out = run("data/qazdata_qa/prepare.py", f"--source={KAZQAD_VAL}", f"--tokenizer={tmp_path / 'bpe'}",
+              "--block_size=256", "--cloze=2", f"--out_dir={qa}").stdout
+    assert "cloze examples" in out
+    meta = json.loads((qa / "meta.json").read_text(encoding="utf-8"))
+    assert meta["kind"] == "qa" and meta["block_size"] == 256
+    from kazgpt.tokenizer import HFTokenizer
+    tokenizer = HFTokenizer((qa / "tokenizer.json").read_text(encoding="utf-8"))
+    train_rows, val_rows, _ = split_rows(read_kazqad_examples(str(KAZQAD_VAL)))
+    held_out = {passage_key(r) for r in val_rows}
+    train_passages = {passage_key(r) for r in train_rows}
+    texts = tokenizer.decode(open_token_files(qa, "qa")["train"].tokens).split("<|endoftext|>")
+    cloze = [t for t in texts if CLOZE_BLANK in t]
+    assert len(cloze) > 300
+    for text in cloze:
+        lines = text.split("\n")  # title, the passage's lines, 'question: answer', ''
+        title, passage = lines[0], "\n".join(lines[1:-2])
+        # part of a training passage (a sentence may also occur in a held-out passage of the same article)
+        assert any(title == t and passage in p for t, p in train_passages)
+    assert not held_out & train_passages
+
+    run("data/qazdata_char/prepare.py", f"--source={KAZQAD_VAL}", f"--out_dir={tmp_path / 'char'}")
+    tiny = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=1", "--n_embd=16", "--block_size=256",
+            "--batch_size=2", "--max_iters=1", "--eval_iters=1", "--warmup_iters=0"]
+    run("train.py", f"--data_dir={tmp_path / 'char'}", f"--out_dir={tmp_path / 'pre'}", *tiny)
+    proc = run("train.py", f"--data_dir={qa}", f"--init_from={tmp_path / 'pre'}", f"--out_dir={tmp_path / 'ft'}",
+               *tiny, check=False)
+    assert proc.returncode == 2 and "another tokenizer" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run("train.py", f"--data_dir={tmp_path / 'char'}", f"--init_from={tmp_path / 'pre'}",
+               f"--out_dir={tmp_path / 'pre'}", *tiny, check=False)
+    assert proc.returncode == 2 and "new --out_dir" in proc.stderr
+    run("train.py", f"--data_dir={tmp_path / 'char'}", f"--init_from={tmp_path / 'pre'}", f"--out_dir={tmp_path / 'ft'}",
+        *tiny, "--block_size=128")
+    assert (tmp_path / "ft" / "ckpt.pt").exists()
