@@ -31,6 +31,7 @@ import torch
 from kazgpt.checkpoint import model_from_checkpoint
 from kazgpt.cli import UserError, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch
+from kazgpt.files import check_output, write_files_atomically
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, synchronize)
 from kazgpt.optim import OPTIMIZERS, build_optimizers, newton_schulz_dtype, step_optimizers
@@ -295,9 +296,7 @@ def check_args(args, names: list[str]) -> None:
         raise UserError(f"unknown model '{unknown[0]}': choose from {', '.join(MODELS)} (or --models= for none)")
     if args.iters is not None and args.iters < 1:
         raise UserError(f"--iters must be at least 1, got {args.iters}")
-    out = Path(args.json)
-    if out.is_dir() or not out.parent.is_dir():
-        raise UserError(f"--json {out}: give a file path in an existing folder")
+    check_output(Path(args.json), made_by_bench, "results (--json)")
     if args.compare_nanogpt:
         nano = Path(args.compare_nanogpt)
         missing = [f for f in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py")
@@ -351,8 +350,18 @@ def main() -> None:
         c = compare_nanogpt(Path(args.compare_nanogpt), Path(args.data_dir), args.optimizer)
         results["vs_nanogpt"] = c
         print_comparison(c)
-    Path(args.json).write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {args.json}")
+    out = Path(args.json)
+    write_files_atomically(out.parent, {out.name: json.dumps(results, indent=1)})
+    print(f"\nwrote {out}")
+
+
+def made_by_bench(path: Path) -> bool:
+    """Whether a file holds results this script wrote (which it may replace)."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and isinstance(results.get("info"), dict) and "training" in results
 
 
 def _cpu_name() -> str:

@@ -31,6 +31,7 @@ from kazgpt.checkpoint import load_model
 from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, stream_text
+from kazgpt.files import check_output, commit, temporary_name
 from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_key
 from kazgpt.qa_examples import question_prompt
 from kazgpt.qa import exact_match, token_f1
@@ -61,6 +62,39 @@ def prompt_for(example: dict, mode: str, tokenizer, block_size: int) -> str:
     return question_prompt(question, tokenizer, block_size, title, context)
 
 
+def score_examples(examples: list[dict], modes: list[str], answer, prompt, out) -> dict[str, dict]:
+    """Ask every example in every mode (prompt(example, mode) -> text, answer(text) -> prediction),
+    write one JSON line per answer to out, and return each mode's summed EM and F1."""
+    from tqdm import tqdm
+
+    scores = {m: {"em": 0.0, "f1": 0.0, "n": 0, "skipped": 0} for m in modes}
+    for ex in tqdm(examples, desc="questions", unit="q"):
+        golds = [nfc(a).strip() for a in ex["answers"]["text"]] or [""]
+        for mode in modes:
+            try:
+                prediction = answer(prompt(ex, mode))
+            except UserError:  # characters outside a char-level vocabulary: counted as wrong
+                prediction, scores[mode]["skipped"] = "", scores[mode]["skipped"] + 1
+            em, f1 = exact_match(prediction, golds), token_f1(prediction, golds)
+            scores[mode]["em"] += em
+            scores[mode]["f1"] += f1
+            scores[mode]["n"] += 1
+            out.write(json.dumps({"id": ex.get("id"), "mode": mode, "question": clean_question(ex["question"]),
+                                  "prediction": prediction, "answers": golds, "em": em, "f1": f1},
+                                 ensure_ascii=False) + "\n")
+    return scores
+
+
+def made_by_eval_qa(path: Path) -> bool:
+    """Whether a file holds per-question results this script wrote (which it may replace)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"mode", "prediction", "answers"} <= first.keys()
+
+
 def main() -> None:
     cfg = configurator.load_config(EvalConfig, sys.argv[1:], verbose=False)
     modes = [m for m in cfg.modes.split(",") if m]
@@ -70,7 +104,9 @@ def main() -> None:
         raise UserError(f"max_new_tokens must be at least 1, got {cfg.max_new_tokens}")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    output = Path(cfg.output) if cfg.output else Path(cfg.out_dir) / f"eval_qa_{cfg.split}.jsonl"
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, cfg.checkpoint, device)
+    check_output(output, made_by_eval_qa, "per-question results (--output)")
     examples, what = held_out_examples(cfg.source, cfg.split)
     examples = examples[: cfg.limit] if cfg.limit else examples
     print(f"asking {what}" + (f", first {len(examples)}" if cfg.limit else ""))
@@ -81,25 +117,14 @@ def main() -> None:
         pieces = stream_text(model, tokenizer, tokenizer.encode(prompt), cfg.max_new_tokens, device, dtype, greedy=True)
         return "".join(first_line(pieces)).strip()
 
-    from tqdm import tqdm
-
-    output = Path(cfg.output) if cfg.output else Path(cfg.out_dir) / f"eval_qa_{cfg.split}.jsonl"
-    scores = {m: {"em": 0.0, "f1": 0.0, "n": 0, "skipped": 0} for m in modes}
-    with open(output, "w", encoding="utf-8") as out:
-        for ex in tqdm(examples, desc="questions", unit="q"):
-            golds = [nfc(a).strip() for a in ex["answers"]["text"]] or [""]
-            for mode in modes:
-                try:
-                    prediction = answer(prompt_for(ex, mode, tokenizer, model.config.block_size))
-                except UserError:  # counted as wrong
-                    prediction, scores[mode]["skipped"] = "", scores[mode]["skipped"] + 1
-                em, f1 = exact_match(prediction, golds), token_f1(prediction, golds)
-                scores[mode]["em"] += em
-                scores[mode]["f1"] += f1
-                scores[mode]["n"] += 1
-                out.write(json.dumps({"id": ex.get("id"), "mode": mode, "question": clean_question(ex["question"]),
-                                      "prediction": prediction, "answers": golds, "em": em, "f1": f1},
-                                     ensure_ascii=False) + "\n")
+    tmp = temporary_name(output)  # renamed to output when complete; removed if the run stops
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            scores = score_examples(examples, modes, answer, lambda ex, mode: prompt_for(ex, mode, tokenizer,
+                                                                                        model.config.block_size), out)
+        commit({tmp: output})
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"\n{'mode':12s} {'questions':>9s} {'EM':>6s} {'F1':>6s}")
     for mode, s in scores.items():
         n = max(1, s["n"])

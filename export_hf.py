@@ -13,6 +13,7 @@ that joins tokens without spaces. Models trained without biases get zero biases 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 import configurator
 from kazgpt.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
 from kazgpt.cli import UserError, run_main
+from kazgpt.files import temporary_name
 from kazgpt.tokenizer import EOT, tokenizer_from_spec
 from model import GPT, HF_ATTENTION_BUFFERS, HF_CONV1D_WEIGHTS
 
@@ -39,12 +41,13 @@ class ExportConfig:
     export_dir: str = "hf-export"
 
 
-def to_transformers(model: GPT, eot_token: Optional[int]):
-    """A transformers GPT2LMHeadModel with this model's weights."""
+def to_transformers(model: GPT, eot_token: Optional[int], vocab_size: int):
+    """A transformers GPT2LMHeadModel with this model's weights, its vocabulary cut to the tokenizer's
+    vocab_size: the rows that pad it to a multiple of 64 are never a token, so never sampled."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = model.config
-    hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+    hf_config = GPT2Config(vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
                            n_head=c.n_head, activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
                            tie_word_embeddings=True, bos_token_id=eot_token, eos_token_id=eot_token)
@@ -55,7 +58,8 @@ def to_transformers(model: GPT, eot_token: Optional[int]):
             if name.endswith(HF_ATTENTION_BUFFERS):
                 continue
             if name in ours:
-                tensor.copy_(ours[name].t() if name.endswith(HF_CONV1D_WEIGHTS) else ours[name])
+                weight = ours[name][:vocab_size] if name.endswith(("wte.weight", "lm_head.weight")) else ours[name]
+                tensor.copy_(weight.t() if name.endswith(HF_CONV1D_WEIGHTS) else weight)
             elif name.endswith(".bias"):  # trained with bias=False
                 tensor.zero_()
             else:
@@ -109,14 +113,28 @@ def main() -> None:
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     folder = Path(cfg.export_dir)
-    if folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder} exists and is not empty: choose a new --export_dir")
-    folder.mkdir(parents=True, exist_ok=True)
-    eot_token = tokenizer_from_spec(ckpt["tokenizer"]).eot_token
-    to_transformers(model, eot_token).save_pretrained(folder, safe_serialization=True)
-    save_tokenizer(ckpt["tokenizer"], folder)
-    record = {"source": str(ckpt_path), "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]["kind"]}
-    (folder / "kazgpt_export.json").write_text(json.dumps(record))
+    if folder.is_file() or (folder.exists() and any(folder.iterdir())):
+        raise UserError(f"{folder} exists and is not {'a folder' if folder.is_file() else 'empty'}: "
+                        "choose a new --export_dir")
+    if not folder.parent.is_dir():
+        raise UserError(f"the folder {folder.parent} (for --export_dir) does not exist: create it first")
+    # everything goes into a temporary folder beside it, renamed into place when complete, so that
+    # a failure half-way leaves nothing in the way of the next try
+    tmp = temporary_name(folder)
+    try:
+        tmp.mkdir()
+        tokenizer = tokenizer_from_spec(ckpt["tokenizer"])
+        to_transformers(model, tokenizer.eot_token, tokenizer.vocab_size).save_pretrained(tmp, safe_serialization=True)
+        save_tokenizer(ckpt["tokenizer"], tmp)
+        record = {"source": str(ckpt_path), "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]["kind"]}
+        (tmp / "kazgpt_export.json").write_text(json.dumps(record))
+        if folder.exists():
+            folder.rmdir()  # empty, checked above
+        tmp.rename(folder)
+    except OSError as e:
+        raise UserError(f"could not write {folder} ({e.strerror or e}); nothing was left there") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"exported {sorted(p.name for p in folder.iterdir())} to {folder}")
 
 

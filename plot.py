@@ -15,6 +15,7 @@ log), the comparison across tokenizers.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,16 @@ from typing import Optional
 
 import configurator
 from kazgpt.cli import UserError, run_main
+from kazgpt.files import check_output, commit, temporary_name
+
+MADE_BY = "kazgpt plot.py"  # the image's Creator: plot.py replaces only images it made
+FORMATS = ("png", "pdf", "svg")  # those that carry the Creator
 
 
 @dataclass
 class PlotConfig:
     out_dir: str = "out"
-    png: Optional[str] = None  # None: <out_dir>/loss.png
+    png: Optional[str] = None  # the image (.png, .pdf or .svg); None: <out_dir>/loss.png
     title: Optional[str] = None
     compare: Optional[str] = None  # comma-separated out_dirs: val bpb against training time
 
@@ -37,19 +42,61 @@ def read_run_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
     path = out_dir / "log.jsonl"
     if not path.exists():
         raise UserError(f"{path} not found: train.py writes it into out_dir while training")
-    steps, evals = {}, {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        (evals if "val_loss" in entry else steps)[entry["iter"]] = entry
+    steps, evals, skipped = {}, {}, []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        entry = log_entry(line)
+        if entry is None:
+            skipped.append(n)
+        else:
+            (evals if "val_loss" in entry else steps)[entry["iter"]] = entry
+    if skipped:
+        print(f"warning: skipped {len(skipped)} line(s) of {path} that are not train.py log entries "
+              f"(line {', '.join(map(str, skipped[:5]))}{', ...' if len(skipped) > 5 else ''})", file=sys.stderr)
     return [steps[k] for k in sorted(steps)], [evals[k] for k in sorted(evals)]
 
 
-def plot_comparison(out_dirs: list[Path], ax) -> None:
+def log_entry(line: str) -> Optional[dict]:
+    """A log.jsonl line as train.py writes it (a step: iter, loss, ms; an eval: iter, train_loss,
+    val_loss), or None for anything else: a truncated line, another program's, a non-finite value."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or type(entry.get("iter")) is not int:
+        return None
+    keys = ("train_loss", "val_loss") if "val_loss" in entry else ("loss", "ms")
+    numbers = [entry.get(k) for k in keys] + ([entry["val_bpb"]] if entry.get("val_bpb") is not None else [])
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)
+    return entry if ok else None
+
+
+def image_path(png: Path) -> Path:
+    """Check the image path before drawing: a known format, a folder that exists, and no file there
+    that plot.py did not make."""
+    if png.suffix.lower().lstrip(".") not in FORMATS:
+        raise UserError(f"plot.py writes {', '.join('.' + f for f in FORMATS)} images; got '{png.name}': "
+                        "end the name in one of them")
+    check_output(png, lambda p: p.is_file() and MADE_BY.encode() in p.read_bytes(), "image")
+    return png
+
+
+def save_image(fig, png: Path) -> None:
+    """Write the figure atomically, marked as plot.py's."""
+    tmp = temporary_name(png)
+    try:
+        fig.savefig(tmp, format=png.suffix.lower().lstrip("."), metadata={"Creator": MADE_BY})
+        commit({tmp: png})
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {png} ({e.strerror or e})") from None
+    print(f"wrote {png}")
+
+
+def plot_comparison(out_dirs: list[Path], logs: list[tuple[list[dict], list[dict]]], ax) -> None:
     """Val bits per byte of each run against its training time so far (seconds). A log line is
     written every log_interval steps with that step's time, which stands for the whole interval."""
     lowest, highest = float("inf"), 0.0
-    for out_dir in out_dirs:
-        steps, evals = read_run_log(out_dir)
+    for out_dir, (steps, evals) in zip(out_dirs, logs):
         elapsed, seconds, previous = {0: 0.0}, 0.0, 0
         for s in steps:
             seconds += s["ms"] / 1000 * (s["iter"] - previous)
@@ -70,6 +117,9 @@ def plot_comparison(out_dirs: list[Path], ax) -> None:
 
 def main() -> None:
     cfg = configurator.load_config(PlotConfig, sys.argv[1:], verbose=False)
+    runs = [Path(d) for d in (cfg.compare or "").split(",") if d] or [Path(cfg.out_dir)]
+    logs = [read_run_log(run) for run in runs]  # (steps, evals) of each run: a missing log is reported first
+    png = image_path(Path(cfg.png or ("compare.png" if cfg.compare else runs[0] / "loss.png")))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,15 +127,12 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     if cfg.compare:
-        plot_comparison([Path(d) for d in cfg.compare.split(",") if d], ax)
+        plot_comparison(runs, logs, ax)
         ax.set_title(cfg.title or "val bits per byte against training time")
         fig.tight_layout()
-        png = Path(cfg.png or "compare.png")
-        fig.savefig(png)
-        print(f"wrote {png}")
+        save_image(fig, png)
         return
-    out_dir = Path(cfg.out_dir)
-    steps, evals = read_run_log(out_dir)
+    out_dir, (steps, evals) = runs[0], logs[0]
     if steps:
         ax.plot([s["iter"] for s in steps], [s["loss"] for s in steps], color="tab:blue", alpha=0.25, lw=0.8,
                 label="train loss (per step)")
@@ -112,10 +159,7 @@ def main() -> None:
         best = min(evals, key=lambda e: e["val_loss"])
         ax.set_title(cfg.title or f"{out_dir.name}: best val loss {best['val_loss']:.4f} at iteration {best['iter']}")
     fig.tight_layout()
-    png = Path(cfg.png) if cfg.png else out_dir / "loss.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    print(f"wrote {png}")
+    save_image(fig, png)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import configurator
 from kazgpt.checkpoint import (GPT2_NAMES, find_checkpoint, is_pretrained_name, load_checkpoint, load_pretrained,
-                               model_from_checkpoint, remove_stale_temporaries, rng_state, run_checkpoint,
+                               model_from_checkpoint, remove_stale_checkpoint_temporaries, rng_state, run_checkpoint,
                                save_checkpoint, set_rng_state)
 from kazgpt.cli import UserError, closest, is_rank0, print0, run_main
 from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch, load_dataset_meta, open_token_files,
@@ -117,6 +117,8 @@ def check_ranges(cfg: TrainConfig) -> None:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if not 0 <= cfg.seed < 2**62:  # it seeds torch's generators and keys each batch as a 64-bit integer
+        raise UserError(f"seed must be a whole number from 0 to 2**62, got {cfg.seed}")
     if cfg.max_iters < 0:
         raise UserError(f"max_iters must be 0 or more, got {cfg.max_iters}")
     for key in ("learning_rate", "min_lr"):
@@ -162,9 +164,31 @@ class Processes:
         return self.rank == 0
 
 
+def torchrun_env() -> Optional[tuple[int, int, int]]:
+    """(rank, local_rank, world_size) as torchrun sets them, or None in a plain run (no RANK, or -1)."""
+    if os.environ.get("RANK", "-1").strip() == "-1":
+        return None
+    values = []
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        raw = os.environ.get(key)
+        if raw is None:
+            raise UserError(f"RANK is set but {key} is not: launch DDP with torchrun, which sets RANK, LOCAL_RANK "
+                            "and WORLD_SIZE together (or unset RANK to run one process)")
+        try:
+            values.append(int(raw))
+        except ValueError:
+            raise UserError(f"{key}={raw!r} is not a whole number: launch DDP with torchrun, which sets it") from None
+    rank, local_rank, world_size = values
+    if not (0 <= rank < world_size and local_rank >= 0):
+        raise UserError(f"RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world_size} do not describe a process "
+                        "of a DDP job: launch it with torchrun")
+    return rank, local_rank, world_size
+
+
 def setup_processes(cfg: TrainConfig) -> Processes:
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if ddp else 1
+    env = torchrun_env()
+    ddp = env is not None
+    world_size = env[2] if ddp else 1
     if cfg.gradient_accumulation_steps % world_size:
         raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be divisible by the "
                         f"number of processes ({world_size}): it counts micro-steps over all of them")
@@ -172,14 +196,18 @@ def setup_processes(cfg: TrainConfig) -> Processes:
     tune_device(device)
     if not ddp:
         return Processes(False, 0, 0, 1, device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    rank, local_rank, _ = env
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     backend = cfg.backend if device.startswith("cuda") else "gloo"  # NCCL needs GPUs
     if backend != cfg.backend:
         print0(f"DDP on {device}: using the gloo backend instead of {cfg.backend}")
-    dist.init_process_group(backend=backend)
+    try:
+        dist.init_process_group(backend=backend)
+    except (ValueError, RuntimeError) as e:  # e.g. MASTER_ADDR unset, or the master cannot be reached
+        raise UserError(f"could not join the DDP job ({str(e).strip().splitlines()[0][:200]}): launch it with "
+                        "torchrun, which sets MASTER_ADDR and MASTER_PORT") from None
     return Processes(True, rank, local_rank, world_size, device)
 
 
@@ -236,7 +264,7 @@ def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool):
                             "choose another --out_dir, or replace it with --overwrite")
         for name in earlier:
             (out_dir / name).unlink()
-    remove_stale_temporaries(out_dir)
+    remove_stale_checkpoint_temporaries(out_dir)
     return lock
 
 
@@ -413,14 +441,17 @@ class RunLog:
     only; it also keeps rank 0's lock on out_dir (from claim_out_dir) until it is closed."""
 
     def __init__(self, out_dir: Path, cfg: TrainConfig, active: bool, lock=None):
-        self.lock = lock
-        self.file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if active else None
-        self.wandb = None
-        if active and cfg.wandb_log:
+        self.lock, self.file, self.wandb = lock, None, None
+        if active and cfg.wandb_log:  # first: a wandb that cannot start leaves no log.jsonl in the way of a re-run
             import wandb
 
-            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.config_dict(cfg))
+            try:
+                wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.config_dict(cfg))
+            except Exception as e:  # not logged in, no network, a bad project name
+                raise UserError(f"wandb could not start ({type(e).__name__}: {str(e).strip()[:150]}): run `wandb "
+                                "login`, or set WANDB_MODE=offline, or leave out --wandb_log") from None
             self.wandb = wandb
+        self.file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if active else None
 
     def record(self, entry: dict) -> None:
         if self.file:
@@ -478,11 +509,13 @@ class SpeedMeter:
 
 
 class StopSignal:
-    """SIGTERM/SIGINT ask the run to stop after the current step, with a checkpoint; a second
-    signal exits at once."""
+    """SIGTERM/SIGINT ask the run to stop after the current step, with a checkpoint (eval_only: after
+    the evaluation, which writes none); a second signal exits at once."""
 
-    def __init__(self):
+    def __init__(self, eval_only: bool):
         self.signum = 0
+        self.plan = ("finishing the evaluation, then exiting (eval_only writes no checkpoint)" if eval_only
+                     else "finishing this step, then saving a checkpoint and exiting")
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, self.handle)
 
@@ -494,8 +527,7 @@ class StopSignal:
             os._exit(128 + signum)
         self.signum = signum
         if is_rank0():
-            os.write(2, f"\n{name} received: finishing this step, then saving a checkpoint and exiting "
-                        "(send it again to exit at once)\n".encode())
+            os.write(2, f"\n{name} received: {self.plan} (send it again to exit at once)\n".encode())
 
 
 def agreed_signal(signum: int, procs: Processes) -> int:
@@ -589,7 +621,7 @@ def main() -> int:
     # ---- training loop ----
     run_log = RunLog(out_dir, cfg, procs.master, out_lock)
     writer = CheckpointWriter(out_dir, raw_model, optimizers, opt_name, scaler, meta, cfg, procs)
-    stop = StopSignal()
+    stop = StopSignal(cfg.eval_only)
     speed = SpeedMeter(raw_model, tokens_per_iter, procs.world_size, device_peak_flops(device, dtype), iter_num)
     batches = training_batches(data["train"], cfg.batch_size, cfg.block_size, cfg.seed, iter_num, accum_steps,
                                procs.rank * accum_steps, device, cfg.pack_examples)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from kazgpt.cli import UserError
+from kazgpt.files import commit, remove_stale_temporaries, temporary_name
 from kazgpt.tokenizer import Tokenizer, TiktokenTokenizer, tokenizer_from_spec
 from model import GPT, GPTConfig
 
@@ -24,19 +25,9 @@ CHECKPOINT_NAMES = ("ckpt.pt", "best.pt")  # the latest state, and the one with 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
-TEMPORARY_MARK = ".kazgpt-tmp"
-
-
-def temporary_name(path: Path) -> Path:
-    """Where save_checkpoint writes before renaming: a hidden name that marks the file as this repo's."""
-    return path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}")
-
-
-def remove_stale_temporaries(folder: Path) -> None:
+def remove_stale_checkpoint_temporaries(folder: Path) -> None:
     """Delete the temporary checkpoint files a run killed while saving left in folder (only those)."""
-    for name in CHECKPOINT_NAMES:
-        for stale in folder.glob(f".{name}{TEMPORARY_MARK}*"):
-            stale.unlink()
+    remove_stale_temporaries(folder, CHECKPOINT_NAMES)
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
@@ -48,12 +39,7 @@ def save_checkpoint(obj: dict, path: Path) -> None:
             torch.save({"version": CHECKPOINT_VERSION, **obj}, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        commit({tmp: path})
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -29,7 +29,9 @@ def run_main(main: Callable[[], Any]) -> None:
 
 
 def is_rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    """Whether this process prints: rank 0 of a DDP job, or any process whose RANK is unset or not a
+    number (train.py then reports that RANK, once)."""
+    return os.environ.get("RANK", "0").strip() in ("0", "-1", "") or not os.environ["RANK"].strip().isdigit()
 
 
 def print0(*args: Any, **kwargs: Any) -> None:

@@ -23,6 +23,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from kazgpt.cli import UserError
+from kazgpt.files import remove_stale_temporaries, write_files_atomically
 from kazgpt.qa_examples import LOSS, START
 from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
 
@@ -56,39 +57,50 @@ def encode_documents(docs: list[str], tokenizer: Tokenizer, desc: str) -> tuple[
     return ids, n_bytes
 
 
-def write_text_dataset(out_dir: Path, train_docs: list[str], val_docs: list[str], tokenizer: Tokenizer) -> None:
-    """Encode and write a dataset of documents, and report its size and characters per token."""
+def write_text_dataset(out_dir: Path, train_docs: list[str], val_docs: list[str], tokenizer: Tokenizer,
+                       extra_files: Optional[dict[str, str]] = None) -> None:
+    """Encode and write a dataset of documents (with extra_files such as tokenizer.json), and report
+    its size and characters per token."""
     train_ids, _ = encode_documents(train_docs, tokenizer, "train")
     val_ids, val_bytes = encode_documents(val_docs, tokenizer, "val")
-    write_dataset(out_dir, train_ids, val_ids, tokenizer, val_bytes)
+    write_dataset(out_dir, train_ids, val_ids, tokenizer, val_bytes, extra_files=extra_files)
     val_chars = sum(len(d) for d in val_docs)
     print(f"{len(train_ids):,} train and {len(val_ids):,} val tokens, vocabulary of {tokenizer.vocab_size}, "
           f"{val_chars / len(val_ids):.2f} characters per token on val: "
           f"wrote {out_dir}/train.bin, val.bin, meta.json")
 
 
+DATASET_FILES = ("train.bin", "val.bin", "train.mask", "val.mask", "meta.json", "tokenizer.json")
+
+
 def write_dataset(out_dir: Path, train_ids, val_ids, tokenizer: Tokenizer, val_text_bytes: Optional[int],
-                  masks: Optional[tuple] = None, extra_meta: Optional[dict] = None) -> None:
-    """Write uint16 train.bin/val.bin, their uint8 .mask files for a QA dataset (masks: train's, val's)
-    and meta.json (with extra_meta, e.g. the kind)."""
+                  masks: Optional[tuple] = None, extra_meta: Optional[dict] = None,
+                  extra_files: Optional[dict[str, str]] = None) -> None:
+    """Write uint16 train.bin/val.bin, their uint8 .mask files for a QA dataset (masks: train's, val's),
+    meta.json (with extra_meta, e.g. the kind) and extra_files (e.g. tokenizer.json), all or none:
+    a stop at any moment leaves out_dir's previous dataset whole (kazgpt/files.py)."""
     if tokenizer.vocab_size > UINT16_VOCAB:
         raise UserError(f"vocabulary of {tokenizer.vocab_size} does not fit uint16 token files "
                         f"(at most {UINT16_VOCAB})")
+    files: dict = dict(extra_files or {})
     counts = {}
     for i, (split, ids) in enumerate((("train", train_ids), ("val", val_ids))):
         arr = np.asarray(ids, dtype=np.uint16)
-        arr.tofile(out_dir / f"{split}.bin")
+        files[f"{split}.bin"] = arr.tobytes()
         counts[split] = len(arr)
         if masks is not None:
-            np.asarray(masks[i], dtype=np.uint8).tofile(out_dir / f"{split}.mask")
-    write_meta(out_dir, tokenizer.spec, tokenizer.vocab_size, counts, val_text_bytes, extra_meta)
+            files[f"{split}.mask"] = np.asarray(masks[i], dtype=np.uint8).tobytes()
+    files["meta.json"] = meta_text(tokenizer.spec, tokenizer.vocab_size, counts, val_text_bytes, extra_meta)
+    remove_stale_temporaries(out_dir, DATASET_FILES)
+    write_files_atomically(out_dir, files)
 
 
-def write_meta(out_dir: Path, tokenizer_spec: dict, vocab_size: int, counts: dict[str, int],
-               val_text_bytes: Optional[int], extra: Optional[dict] = None) -> None:
+def meta_text(tokenizer_spec: dict, vocab_size: int, counts: dict[str, int], val_text_bytes: Optional[int],
+              extra: Optional[dict] = None) -> str:
+    """meta.json's text."""
     meta = {"kind": "text", "vocab_size": vocab_size, "tokenizer": tokenizer_spec, "train_tokens": counts["train"],
             "val_tokens": counts["val"], "val_bytes": val_text_bytes, **(extra or {})}
-    (out_dir / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+    return json.dumps(meta, ensure_ascii=False, indent=1)
 
 
 def bits_per_byte(loss_nats: float, tokens: int, text_bytes: int) -> float:

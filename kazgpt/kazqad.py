@@ -114,13 +114,34 @@ def _read_jsonl(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path} line {n} is not JSON ({e.msg}): expected KazQAD JSON Lines") from None
-        missing = [k for k in ("context", "question", "answers") if not isinstance(row, dict) or k not in row]
-        if missing or not isinstance(row["answers"], dict) or "text" not in row["answers"]:
-            what = f"missing {', '.join(missing)}" if missing else "'answers' has no 'text' list"
-            raise UserError(f"{path} line {n} is not in KazQAD's schema ({what}); "
+        problem = schema_problem(row)
+        if problem:
+            raise UserError(f"{path} line {n} is not in KazQAD's schema ({problem}); "
                             f"expected fields {', '.join(KAZQAD_FIELDS)}")
         rows.append(row)
     return rows
+
+
+def schema_problem(row) -> Optional[str]:
+    """What makes a row unlike KazQAD's (None if nothing): a missing field, or one of the wrong type."""
+    missing = [k for k in ("context", "question", "answers") if not isinstance(row, dict) or k not in row]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key in ("context", "question"):
+        if not isinstance(row[key], str):
+            return f"'{key}' must be text, got {type(row[key]).__name__}"
+    if row.get("title") is not None and not isinstance(row["title"], str):
+        return f"'title' must be text, got {type(row['title']).__name__}"
+    answers = row["answers"]
+    if not isinstance(answers, dict) or "text" not in answers:
+        return "'answers' has no 'text' list"
+    if not isinstance(answers["text"], list) or not all(isinstance(a, str) for a in answers["text"]):
+        return "'answers.text' must be a list of texts"
+    starts = answers.get("answer_start")
+    if starts is not None and (not isinstance(starts, list)
+                               or not all(type(s) is int for s in starts)):
+        return "'answers.answer_start' must be a list of whole numbers"
+    return None
 
 
 def split_of(path: Path) -> str:
@@ -182,10 +203,7 @@ def load_kazqad_text(source: Optional[str], nq_translate: bool = False,
 
 def _load_main_text(source: Optional[str]) -> tuple[list[str], list[str], str]:
     if source is not None and Path(source).suffix == ".txt" and Path(source).is_file():
-        text = nfc(read_text_file(Path(source)))
-        docs = [d.strip() + "\n" for d in text.replace("\r\n", "\n").split("\n\n") if d.strip()]
-        train, val = split_documents(docs)
-        return train, val, f"{source}: {len(docs)} documents, split 90/10 by document"
+        return split_text_corpus(nfc(read_text_file(Path(source))).replace("\r\n", "\n"), source)
     splits = read_kazqad_examples(source)
     if splits.get("train") and splits.get("validation"):
         train, val = kazqad_documents(splits["train"]), kazqad_documents(splits["validation"])
@@ -209,6 +227,23 @@ def split_rows(splits: dict[str, list[dict]]) -> tuple[list[dict], list[dict], s
     n_val = sum(docs[key] in held_out for key in passages)
     return train, val, (f"KazQAD {'+'.join(sorted(splits))}: {len(passages) - n_val} passages -> train, "
                         f"{n_val} held out (split 90/10 by passage)")
+
+
+def split_text_corpus(text: str, name: str) -> tuple[list[str], list[str], str]:
+    """Train and val documents of a plain-text corpus: documents separated by blank lines, split 90/10
+    by document; where those are too few or too uneven for a val split of 5-20% of the text (a corpus
+    of one sentence per line has one document), each line is a document instead."""
+    docs = [d.strip() + "\n" for d in text.split("\n\n") if d.strip()]
+    if len(docs) >= 10:
+        train, val = split_documents(docs)
+        if 0.05 <= sum(map(len, val)) / sum(map(len, docs)) <= 0.2:
+            return train, val, f"{name}: {len(docs)} documents, split 90/10 by document"
+    lines = [line.strip() + "\n" for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        split_documents(docs)  # refuses, saying how many documents there are
+    train, val = split_documents(lines)
+    return train, val, (f"{name}: {len(docs)} blank-line document(s) cannot give a val split of about 10%, "
+                        f"so its {len(lines)} lines were split by lines, 90/10")
 
 
 def held_out_examples(source: Optional[str], split: str) -> tuple[list[dict], str]:

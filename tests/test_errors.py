@@ -282,7 +282,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     "args, fragment",
     [
         (["--start=Өзен €✓"], "outside this model's vocabulary: '€' '✓'"),
-        (["--start=FILE:/no/such/prompt.txt"], "prompt file /no/such/prompt.txt not found"),
+        (["--start=FILE:/no/such/prompt.txt"], "file /no/such/prompt.txt not found (from --start"),
         (["--max_new_tokens=0"], "max_new_tokens must be at least 1"),
         (["--temperature=0"], "temperature must be above 0"),
         (["--temperature=-1"], "temperature must be above 0"),

@@ -52,9 +52,9 @@ def test_muon_update_matches_a_reference(shape):
 
 def test_muon_matches_torch_muon():
     """Matrices of three shapes (two of one shape and one of its transpose, orthogonalized in one
-    batch), three steps: the repo's Muon and torch.optim.Muon with the same settings agree to bfloat16 precision (torch's
-    runs Newton-Schulz in bf16; a missing Nesterov term, scale or orthogonalization is off by tens
-    of percent), and they keep the same optimizer state."""
+    batch), three steps: the repo's Muon and torch.optim.Muon with the same settings agree to
+    bfloat16 precision (torch's runs Newton-Schulz in bf16; a missing Nesterov term, scale or
+    orthogonalization is off by tens of percent), and they keep the same optimizer state."""
     torch.manual_seed(0)
     shapes = [(16, 48), (16, 48), (48, 16), (32, 32)]
     ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]

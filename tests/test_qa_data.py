@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from conftest import KAZQAD_VAL, run
 from kazgpt.dataset import ExampleSplit, get_batch, batch_generator, open_token_files
 from kazgpt.kazqad import passage_key, read_kazqad_examples, split_rows
-from kazgpt.qa_examples import (CLOZE_BLANK, LOSS, START, QAExample, cloze_examples, encode_examples, first_answer, fit_passage,
-                                kazqad_examples, question_prompt, reading_example, sentence_spans)
+from kazgpt.qa_examples import (CLOZE_BLANK, LOSS, START, QAExample, encode_examples, first_answer, fit_passage,
+                                question_prompt, reading_example, sentence_spans)
 from kazgpt.tokenizer import CharTokenizer
 from model import GPT, GPTConfig
 
@@ -144,6 +144,6 @@ def test_prepare_cloze_from_train_passages_only_and_finetune_checks_tokenizer(ka
     proc = run("train.py", f"--data_dir={tmp_path / 'char'}", f"--init_from={tmp_path / 'pre'}",
                f"--out_dir={tmp_path / 'pre'}", *tiny, check=False)
     assert proc.returncode == 2 and "new --out_dir" in proc.stderr
-    run("train.py", f"--data_dir={tmp_path / 'char'}", f"--init_from={tmp_path / 'pre'}", f"--out_dir={tmp_path / 'ft'}",
-        *tiny, "--block_size=128")
+    run("train.py", f"--data_dir={tmp_path / 'char'}", f"--init_from={tmp_path / 'pre'}",
+        f"--out_dir={tmp_path / 'ft'}", *tiny, "--block_size=128")
     assert (tmp_path / "ft" / "ckpt.pt").exists()

@@ -24,7 +24,8 @@ from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from kazgpt.cli import UserError, run_main  # noqa: E402
-from kazgpt.dataset import dataset_out_dir, write_meta  # noqa: E402
+from kazgpt.dataset import DATASET_FILES, dataset_out_dir, meta_text  # noqa: E402
+from kazgpt.files import remove_stale_temporaries, temporary_name, write_files_atomically  # noqa: E402
 from kazgpt.tokenizer import TiktokenTokenizer  # noqa: E402
 
 HUB_ID = "Skylion007/openwebtext"
@@ -45,32 +46,55 @@ def _iter_local_documents(path: Path) -> Iterator[str]:
         raise UserError(f"{path} holds no .parquet, .jsonl, .json or .txt files")
     for f in files:
         if f.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(f)
-            if "text" not in pf.schema_arrow.names:
-                raise UserError(f"{f} has no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
-            for batch in pf.iter_batches(columns=["text"], batch_size=1024):
-                yield from batch.column(0).to_pylist()
+            rows = _parquet_texts(f)
         elif f.suffix in (".jsonl", ".json"):
-            with open(f, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            yield json.loads(line)["text"]
-                        except (json.JSONDecodeError, KeyError, TypeError):
-                            raise UserError(f"{f} line {n} is not a JSON object with a 'text' field") from None
+            rows = _jsonl_texts(f)
         else:
-            with open(f, encoding="utf-8") as fh:
-                doc: list[str] = []
-                for line in fh:
-                    if line.strip():
-                        doc.append(line)
-                    elif doc:  # a blank line ends a document; the newline before it is not part of it
-                        yield "".join(doc).rstrip("\n")
-                        doc = []
-                if doc:
-                    yield "".join(doc).rstrip("\n")
+            rows = enumerate(_txt_documents(f), 1)
+        for n, text in rows:
+            if not isinstance(text, str):
+                raise UserError(f"{f} row {n}: 'text' is {type(text).__name__}, not text; fix or drop that row")
+            yield text
+
+
+def _parquet_texts(f: Path) -> Iterator[tuple[int, object]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(f)
+        if "text" not in pf.schema_arrow.names:
+            raise UserError(f"{f} has no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
+        n = 0
+        for batch in pf.iter_batches(columns=["text"], batch_size=1024):
+            for value in batch.column(0).to_pylist():
+                n += 1
+                yield n, value
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{f} is not a readable parquet file ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _jsonl_texts(f: Path) -> Iterator[tuple[int, object]]:
+    with open(f, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield n, json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise UserError(f"{f} line {n} is not a JSON object with a 'text' field") from None
+
+
+def _txt_documents(f: Path) -> Iterator[str]:
+    with open(f, encoding="utf-8") as fh:
+        doc: list[str] = []
+        for line in fh:
+            if line.strip():
+                doc.append(line)
+            elif doc:  # a blank line ends a document; the newline before it is not part of it
+                yield "".join(doc).rstrip("\n")
+                doc = []
+        if doc:
+            yield "".join(doc).rstrip("\n")
 
 
 def iter_hub_documents() -> Iterator[str]:
@@ -133,6 +157,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
+    if args.num_proc < 1:
+        raise UserError(f"--num_proc must be at least 1, got {args.num_proc}")
     if args.source is not None and not Path(args.source).exists():
         raise UserError(f"--source {args.source} does not exist")
     tokenizer = TiktokenTokenizer("gpt2")  # fails early, with advice, if the BPE files cannot be had
@@ -143,7 +169,8 @@ def main() -> None:
 
     counts = {"train": 0, "val": 0}
     totals = {"val_bytes": 0, "docs": 0}
-    tmp = {split: out_dir / f".{split}.bin.partial" for split in counts}
+    remove_stale_temporaries(out_dir, DATASET_FILES)
+    tmp = {split: temporary_name(out_dir / f"{split}.bin") for split in counts}
     files = {split: open(tmp[split], "wb") for split in counts}
 
     def tokenize_window(pool: Pool, window: list[list[str]], bar: tqdm) -> None:
@@ -179,9 +206,10 @@ def main() -> None:
         empty = "val" if counts["train"] else "train"
         raise UserError(f"{totals['docs']} documents gave an empty {empty} split: "
                         "use more data or a larger --val_fraction")
-    for split, p in tmp.items():  # complete files replace the old ones only now
-        os.replace(p, out_dir / f"{split}.bin")
-    write_meta(out_dir, tokenizer.spec, tokenizer.vocab_size, counts, totals["val_bytes"])
+    # complete files replace the old ones only now, with meta.json, all together
+    write_files_atomically(out_dir, {"meta.json": meta_text(tokenizer.spec, tokenizer.vocab_size, counts,
+                                                            totals["val_bytes"])},
+                           written={p: out_dir / f"{split}.bin" for split, p in tmp.items()})
     print(f"{totals['docs']:,} documents: {counts['train']:,} train and {counts['val']:,} val tokens in {out_dir}")
 
 

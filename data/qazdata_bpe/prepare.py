@@ -31,11 +31,10 @@ def main() -> None:
     train_docs, val_docs, how = load_kazqad_text(args.source, args.nq_translate, args.nq_source)
     print(how)
     tokenizer_json = train_byte_level_bpe(train_docs, args.vocab_size)
-    (out_dir / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     tokenizer = HFTokenizer(tokenizer_json)
     # meta.json names the tokenizer file rather than holding its text; checkpoints embed the text
     tokenizer.spec = {"kind": "hf", "file": "tokenizer.json"}
-    write_text_dataset(out_dir, train_docs, val_docs, tokenizer)
+    write_text_dataset(out_dir, train_docs, val_docs, tokenizer, extra_files={"tokenizer.json": tokenizer_json})
 
     val_text = "".join(val_docs)
     ours = len(val_text) / len(tokenizer.encode(val_text))

@@ -18,24 +18,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from kazgpt.cli import UserError, run_main  # noqa: E402
 from kazgpt.dataset import dataset_out_dir, load_dataset_meta, write_dataset  # noqa: E402
-from kazgpt.kazqad import kazqad_arg_parser, kazqad_passages, read_kazqad_examples, source_or_env, split_rows  # noqa: E402
+from kazgpt.kazqad import (kazqad_arg_parser, kazqad_passages, read_kazqad_examples, source_or_env,  # noqa: E402
+                           split_rows)
 from kazgpt.qa_examples import cloze_examples, encode_examples, kazqad_examples  # noqa: E402
 from kazgpt.tokenizer import TiktokenTokenizer, tokenizer_from_spec  # noqa: E402
 
 
-def load_tokenizer(name: str, out_dir: Path):
-    """The tokenizer of a prepared dataset folder (its tokenizer.json copied into out_dir), or GPT-2's."""
+def load_tokenizer(name: str) -> tuple:
+    """The tokenizer of a prepared dataset folder, or GPT-2's, and the files to write beside the
+    dataset (a Kazakh BPE's tokenizer.json, which meta.json names, as in the folder it came from)."""
     if name == "gpt2":
-        return TiktokenTokenizer("gpt2")
+        return TiktokenTokenizer("gpt2"), {}
     folder = Path(name)
     if not folder.is_dir():
         raise UserError(f"--tokenizer {name} is not a folder: name a prepared dataset folder "
                         "(e.g. data/qazdata_bpe, after its prepare.py) or gpt2")
     tokenizer = tokenizer_from_spec(load_dataset_meta(folder, 0)["tokenizer"])
-    if tokenizer.spec["kind"] == "hf":  # meta.json names the file, as in the folder it came from
-        (out_dir / "tokenizer.json").write_text(tokenizer.spec["tokenizer_json"], encoding="utf-8")
-        tokenizer.spec = {"kind": "hf", "file": "tokenizer.json"}
-    return tokenizer
+    if tokenizer.spec["kind"] != "hf":
+        return tokenizer, {}
+    tokenizer_json = tokenizer.spec["tokenizer_json"]
+    tokenizer.spec = {"kind": "hf", "file": "tokenizer.json"}
+    return tokenizer, {"tokenizer.json": tokenizer_json}
 
 
 def main() -> None:
@@ -50,7 +53,7 @@ def main() -> None:
     if args.nq_translate or args.nq_source:
         raise UserError("--nq_translate is for the pretraining text (data/qazdata*/prepare.py), not QA examples")
     out_dir = dataset_out_dir(args.out_dir, __file__)
-    tokenizer = load_tokenizer(args.tokenizer, out_dir)
+    tokenizer, tokenizer_files = load_tokenizer(args.tokenizer)
     train_rows, val_rows, how = split_rows(read_kazqad_examples(source_or_env(args.source)))
     print(how)
     train, dropped = kazqad_examples(train_rows, tokenizer, args.block_size)
@@ -63,7 +66,7 @@ def main() -> None:
     train_ids, train_mask = encode_examples(train, tokenizer)
     val_ids, val_mask = encode_examples(val, tokenizer)
     write_dataset(out_dir, train_ids, val_ids, tokenizer, None, masks=(train_mask, val_mask),
-                  extra_meta={"kind": "qa", "block_size": args.block_size})
+                  extra_meta={"kind": "qa", "block_size": args.block_size}, extra_files=tokenizer_files)
     print(f"{len(train_ids):,} train and {len(val_ids):,} val tokens ({sum(m & 1 for m in train_mask):,} train "
           f"answer tokens): wrote {out_dir}/train.bin, val.bin, train.mask, val.mask, meta.json")
 

@@ -1,0 +1,29 @@
+# step 1 of `make qa`: a small GPT pretrained on KazQAD's training passages with the Kazakh BPE
+# (data/qazdata_bpe/prepare.py), with a context that holds a passage and a question (256 tokens);
+# sized for a 2-core CPU (BENCHMARKS.md has the measurements behind these settings)
+
+out_dir = 'out-qa-pretrain'
+eval_interval = 200
+eval_iters = 20
+log_interval = 20
+
+dataset = 'qazdata_bpe'
+gradient_accumulation_steps = 1
+batch_size = 8
+block_size = 256
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+
+muon_lr = 0.01
+learning_rate = 3e-3  # AdamW's
+max_iters = 600
+lr_decay_iters = 600
+min_lr = 3e-4
+beta2 = 0.99
+warmup_iters = 50
+
+device = 'cpu'
+compile = False

@@ -1,0 +1,258 @@
+"""Hostile input, by class: an interrupted or failing write leaves the old files whole (datasets,
+images, results, exports), outputs never replace a file their script did not make, torchrun's
+environment set wrong, wandb that cannot start, log files with foreign lines, bad source rows.
+Each case: exit code 2, exactly one 'error:' line, no traceback, nothing that existed changed."""
+import errno
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl
+from kazgpt.cli import UserError
+from test_errors import assert_one_line_error, snapshot
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    prepare_char_dataset(root, 12)
+    run("train.py", "config/train_qazdata_char.py", f"--data_dir={root / 'data'}", f"--out_dir={root / 'out'}",
+        *TINY_MODEL, "--max_iters=2", "--eval_interval=2")
+    return root
+
+
+def train(trained, *args, env=None, out=None):
+    return run("train.py", "config/train_qazdata_char.py", f"--data_dir={trained / 'data'}",
+               f"--out_dir={out or trained / 'new-out'}", *TINY_MODEL, "--max_iters=2", *args, env=env, check=False)
+
+
+# ---- datasets are replaced whole or not at all ----
+
+@pytest.mark.parametrize("stop", ["disk_full", "ctrl_c"])
+def test_interrupted_dataset_write_keeps_the_old_dataset(tmp_path, monkeypatch, stop):
+    from kazgpt import files
+    from kazgpt.dataset import write_dataset
+    from kazgpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("abc\n")
+    write_dataset(tmp_path, [0, 1, 2] * 10, [2, 1] * 10, tokenizer, 20)
+    before = snapshot(tmp_path)
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the second file of the new dataset
+            if stop == "ctrl_c":
+                raise KeyboardInterrupt
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", failing_fsync)
+    with pytest.raises(KeyboardInterrupt if stop == "ctrl_c" else UserError):
+        write_dataset(tmp_path, [1, 1, 1] * 50, [0] * 40, tokenizer, 40)
+    assert snapshot(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+
+
+def test_tokenizer_json_is_part_of_the_same_commit(tmp_path, monkeypatch):
+    from kazgpt import files
+    from kazgpt.dataset import write_dataset
+    from kazgpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("ab")
+    write_dataset(tmp_path, [0, 1] * 10, [1] * 10, tokenizer, 10, extra_files={"tokenizer.json": "old"})
+    renames = []
+    real_replace = files.os.replace
+
+    def one_rename_then_fail(src, dst):
+        if renames:
+            raise OSError(errno.EIO, "I/O error")
+        renames.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", one_rename_then_fail)
+    with pytest.raises(UserError, match="could not write"):
+        write_dataset(tmp_path, [1] * 30, [0] * 30, tokenizer, 30, extra_files={"tokenizer.json": "new"})
+    # renames cannot be undone, but no temporary file is left and the next prepare succeeds
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    write_dataset(tmp_path, [1] * 30, [0] * 30, tokenizer, 30, extra_files={"tokenizer.json": "new"})
+    assert (tmp_path / "tokenizer.json").read_text() == "new"
+
+
+def test_stale_dataset_temporaries_are_removed_and_only_those(tmp_path):
+    from kazgpt.dataset import write_dataset
+    from kazgpt.tokenizer import CharTokenizer
+
+    (tmp_path / ".train.bin.kazgpt-tmp123").write_bytes(b"stale")
+    (tmp_path / ".train.bin.partial").write_bytes(b"user's")
+    (tmp_path / "notes.txt").write_text("mine")
+    write_dataset(tmp_path, [0, 1] * 10, [1] * 10, CharTokenizer("ab"), 10)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".train.bin.partial", "meta.json", "notes.txt", "train.bin", "val.bin"]
+
+
+# ---- outputs never replace what their script did not make ----
+
+def test_plot_outputs(trained, tmp_path):
+    out = trained / "out"
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"a user's picture")
+    assert_one_line_error(run("plot.py", f"--out_dir={out}", f"--png={mine}", check=False), "was not written")
+    assert mine.read_bytes() == b"a user's picture"
+    assert_one_line_error(run("plot.py", f"--out_dir={out}", f"--png={tmp_path / 'x.jpg'}", check=False),
+                          ".png, .pdf, .svg")
+    assert_one_line_error(run("plot.py", f"--out_dir={out}", f"--png={tmp_path / 'no' / 'x.png'}", check=False),
+                          "does not exist")
+    (tmp_path / "dir.png").mkdir()
+    assert_one_line_error(run("plot.py", f"--out_dir={out}", f"--png={tmp_path / 'dir.png'}", check=False),
+                          "is a folder")
+    svg = tmp_path / "curve.svg"
+    run("plot.py", f"--out_dir={out}", f"--png={svg}")
+    run("plot.py", f"--out_dir={out}", f"--png={svg}")  # its own image: replaced
+    assert b"kazgpt plot.py" in svg.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.svg", "dir.png", "mine.png"]
+
+
+def test_plot_skips_foreign_log_lines(trained, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    lines = (trained / "out" / "log.jsonl").read_text().splitlines()
+    junk = ['{"iter": 3, "loss": NaN, "ms": 1}', '{"trunc', "plain text", "[1, 2]", '{"iter": "x", "loss": 1, "ms": 1}',
+            '{"iter": 1, "loss": true, "ms": 1}']
+    (out / "log.jsonl").write_text("\n".join(lines[:2] + junk + lines[2:]) + "\n")
+    proc = run("plot.py", f"--out_dir={out}")
+    assert "skipped 6 line(s)" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "loss.png").exists()
+
+
+def test_bench_json_output(tmp_path):
+    mine = tmp_path / "results.json"
+    mine.write_text('{"mine": 1}')
+    assert_one_line_error(run("bench.py", "--models=", f"--json={mine}", check=False), "was not written")
+    assert mine.read_text() == '{"mine": 1}'
+    ours = tmp_path / "bench.json"
+    run("bench.py", "--models=", f"--json={ours}")
+    run("bench.py", "--models=", f"--json={ours}")  # its own results: replaced
+    assert json.loads(ours.read_text())["info"]["device"] == "cpu"
+
+
+def test_export_refusals_leave_nothing(trained, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert_one_line_error(run("export_hf.py", f"--out_dir={trained / 'out'}", f"--export_dir={target}", check=False),
+                          "is not a folder")
+    assert_one_line_error(run("export_hf.py", f"--out_dir={trained / 'out'}",
+                              f"--export_dir={tmp_path / 'a' / 'b'}", check=False), "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_eval_qa_output_not_its_own(trained, tmp_path):
+    src = write_jsonl(tmp_path / "src-validation.jsonl", make_examples(3))
+    mine = tmp_path / "answers.jsonl"
+    mine.write_text("my notes\n")
+    proc = run("eval_qa.py", f"--out_dir={trained / 'out'}", f"--source={src}", f"--output={mine}", "--limit=1",
+               "--device=cpu", check=False)
+    assert_one_line_error(proc, "was not written")
+    assert mine.read_text() == "my notes\n"
+    ours = tmp_path / "ours.jsonl"
+    for _ in range(2):  # its own results: replaced
+        run("eval_qa.py", f"--out_dir={trained / 'out'}", f"--source={src}", f"--output={ours}", "--limit=1",
+            "--max_new_tokens=2", "--device=cpu")
+    assert len(ours.read_text().splitlines()) == 2
+
+
+# ---- environment ----
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"RANK": "0"}, "RANK is set but LOCAL_RANK is not"),
+    ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a whole number"),
+    ({"RANK": "x", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}, "RANK='x' is not a whole number"),
+    ({"RANK": "3", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}, "do not describe a process"),
+    ({"RANK": "0", "LOCAL_RANK": "-1", "WORLD_SIZE": "1"}, "do not describe a process"),
+    ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": ""}, "could not join the DDP job"),
+])
+def test_torchrun_environment_set_wrong(trained, env, fragment):
+    proc = train(trained, "--gradient_accumulation_steps=1", env={"MASTER_ADDR": "", "MASTER_PORT": "", **env})
+    assert_one_line_error(proc, fragment)
+    assert not (trained / "new-out").exists()
+
+
+def test_wandb_without_login_leaves_nothing_in_the_way(trained, tmp_path):
+    env = {"WANDB_API_KEY": "", "WANDB_MODE": "online", "WANDB_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    out = tmp_path / "run"
+    proc = train(trained, "--wandb_log=True", env=env, out=out)
+    assert_one_line_error(proc, "wandb could not start", "wandb login")
+    assert not (out / "log.jsonl").exists()
+    run("train.py", "config/train_qazdata_char.py", f"--data_dir={trained / 'data'}", f"--out_dir={out}", *TINY_MODEL,
+        "--max_iters=1")  # the same out_dir works at once without wandb
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**62), "1" * 30])
+def test_seed_out_of_range(trained, seed):
+    assert_one_line_error(train(trained, f"--seed={seed}"), "seed must be a whole number from 0")
+
+
+# ---- source rows of the wrong type or shape ----
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda r: r.update(context=None), "'context' must be text"),
+    (lambda r: r.update(context=5), "'context' must be text"),
+    (lambda r: r.update(question=["a", "b"]), "'question' must be text"),
+    (lambda r: r.update(title=3.5), "'title' must be text"),
+    (lambda r: r.update(answers={"text": "Астана", "answer_start": [0]}), "'answers.text' must be a list of texts"),
+    (lambda r: r.update(answers={"text": [None], "answer_start": [0]}), "'answers.text' must be a list of texts"),
+    (lambda r: r.update(answers={"text": ["a"], "answer_start": "0"}), "'answers.answer_start' must be a list"),
+    (lambda r: r.update(answers=["Астана"]), "'answers' has no 'text' list"),
+])
+def test_source_rows_of_the_wrong_type(trained, tmp_path, damage, fragment):
+    rows = make_examples(4)
+    damage(rows[3])
+    src = write_jsonl(tmp_path / "src.jsonl", rows)
+    out = tmp_path / "data"
+    assert_one_line_error(run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={out}", check=False),
+                          "line 4", fragment)
+    assert not out.exists() or not any(out.iterdir())
+    if "context" in fragment:  # eval_qa.py reads sources the same way
+        assert_one_line_error(run("eval_qa.py", f"--source={src}", f"--out_dir={trained / 'out'}", check=False),
+                              "line 4", fragment)
+
+
+def test_answer_start_pointing_elsewhere_is_searched(tmp_path):
+    from kazgpt.qa_examples import kazqad_examples
+    from kazgpt.tokenizer import CharTokenizer
+
+    rows = make_examples(1, 1)
+    rows[0]["answers"]["answer_start"] = [10_000]
+    text = rows[0]["context"] + rows[0]["question"] + rows[0]["title"]
+    examples, dropped = kazqad_examples(rows, CharTokenizer("".join(sorted(set(text + "\n :")))), 400)
+    assert dropped == 0 and examples[0].answer == " 100 шақырым\n" and "100 шақырым" in examples[0].prompt
+
+
+def test_txt_corpus_of_one_sentence_per_line_is_split_by_lines(tmp_path):
+    lines = [f"Бұл {i}-сөйлем, қазақ тілінде жазылған." for i in range(200)]
+    src = tmp_path / "corpus.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = run("data/qazdata_char/prepare.py", f"--source={src}", f"--out_dir={tmp_path / 'data'}")
+    assert "split by lines" in proc.stdout
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    assert 0.05 < meta["val_tokens"] / (meta["train_tokens"] + meta["val_tokens"]) < 0.2
+
+
+def test_qa_dataset_mask_disagreeing_with_tokens(tmp_path):
+    from kazgpt.dataset import write_dataset
+    from kazgpt.tokenizer import CharTokenizer
+
+    data = tmp_path / "qa"
+    data.mkdir()
+    ids = [0, 1, 2, 3] * 80
+    mask = ([2, 0, 1, 0]) * 80
+    write_dataset(data, ids, ids, CharTokenizer("ab:\n"), None, masks=(mask, mask),
+                  extra_meta={"kind": "qa", "block_size": 64})
+    (data / "val.mask").write_bytes(np.zeros(10, dtype=np.uint8).tobytes())
+    proc = run("train.py", f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}", *TINY_MODEL, "--max_iters=1",
+               "--block_size=64", check=False)
+    assert_one_line_error(proc, "val.mask holds 10 entries for 320 tokens")
+    proc = run("train.py", f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}", *TINY_MODEL, "--max_iters=1",
+               check=False)  # TINY_MODEL's block_size 32
+    assert_one_line_error(proc, "up to 64 tokens long", "--block_size=64")
