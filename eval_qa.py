@@ -73,7 +73,7 @@ def score_examples(examples: list[dict], modes: list[str], answer, prompt, out) 
         for mode in modes:
             try:
                 prediction = answer(prompt(ex, mode))
-            except UserError:  # characters outside a char-level vocabulary: counted as wrong
+            except UserError:  # outside a char-level vocabulary, or too long for the context: counted as wrong
                 prediction, scores[mode]["skipped"] = "", scores[mode]["skipped"] + 1
             em, f1 = exact_match(prediction, golds), token_f1(prediction, golds)
             scores[mode]["em"] += em
@@ -129,7 +129,8 @@ def main() -> None:
     for mode, s in scores.items():
         n = max(1, s["n"])
         print(f"{mode:12s} {s['n']:9d} {100 * s['em'] / n:6.1f} {100 * s['f1'] / n:6.1f}"
-              + (f"  ({s['skipped']} unencodable)" if s["skipped"] else ""))
+              + (f"  ({s['skipped']} could not be asked: characters outside the vocabulary, or too long)"
+                 if s["skipped"] else ""))
     print(f"per-question results: {output}")
 
 

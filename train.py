@@ -366,18 +366,23 @@ def load_training_state(checkpoint: dict, optimizers: list, scaler, rank: int) -
     """Optimizers, grad scaler and this rank's RNG state from a checkpoint; returns its iteration and
     best val loss. Each group keeps the base rate this run's config gives it (a resumed run may change
     its learning rates)."""
-    states = [checkpoint["optimizer"], checkpoint.get("muon")][: len(optimizers)]
-    for optimizer, state in zip(optimizers, states):
-        base_lrs = [group["base_lr"] for group in optimizer.param_groups]
-        optimizer.load_state_dict(state)
-        for group, base_lr in zip(optimizer.param_groups, base_lrs):
-            group["base_lr"] = base_lr
-    if checkpoint.get("scaler"):
-        scaler.load_state_dict(checkpoint["scaler"])
-    states = checkpoint.get("rng") or []
-    if rank < len(states):
-        set_rng_state(states[rank])
-    return checkpoint["iter_num"], checkpoint["best_val_loss"]
+    try:
+        states = [checkpoint["optimizer"], checkpoint.get("muon")][: len(optimizers)]
+        for optimizer, state in zip(optimizers, states):
+            base_lrs = [group["base_lr"] for group in optimizer.param_groups]
+            optimizer.load_state_dict(state)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["base_lr"] = base_lr
+        if checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        states = checkpoint.get("rng") or []
+        if rank < len(states):
+            set_rng_state(states[rank])
+        return int(checkpoint["iter_num"]), float(checkpoint["best_val_loss"])
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+        raise UserError(f"the checkpoint's training state does not load ({type(e).__name__}: {str(e)[:120]}): it is "
+                        "damaged or from another version; its weights can still start a new run with "
+                        "--init_from=<the checkpoint file> and a new --out_dir") from None
 
 
 # -----------------------------------------------------------------------------

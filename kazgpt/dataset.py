@@ -29,6 +29,7 @@ from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UINT16_VOCAB = 65536  # token ids 0..65535
+MAX_IDS_CHECKED = 1 << 26  # token ids read to check them against the vocabulary before training
 
 
 def dataset_out_dir(path: Optional[str], script: str) -> Path:
@@ -140,7 +141,8 @@ def load_dataset_meta(data_dir: Path, block_size: int) -> dict:
         raise UserError(f"the tokenizer has {tokenizer_size} entries but {data_dir / 'meta.json'} says "
                         f"{meta['vocab_size']}: they come from different runs; run {prepare} again")
     for split in ("train", "val"):
-        _check_token_file(data_dir / f"{split}.bin", meta.get(f"{split}_tokens"), block_size, prepare)
+        _check_token_file(data_dir / f"{split}.bin", meta.get(f"{split}_tokens"), block_size, prepare,
+                          meta["vocab_size"])
     meta.setdefault("kind", "text")  # datasets prepared before QA datasets existed
     if meta["kind"] == "qa":
         _check_qa_files(data_dir, meta, block_size, prepare)
@@ -186,7 +188,8 @@ def _self_contained_spec(spec: dict, data_dir: Path, prepare: str) -> dict:
     return spec
 
 
-def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: int, prepare: str) -> None:
+def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: int, prepare: str,
+                      vocab_size: int) -> None:
     size = path.stat().st_size
     if size % 2:
         raise UserError(f"{path} has an odd byte count ({size}): it is truncated; run {prepare} again")
@@ -197,6 +200,11 @@ def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: in
     if tokens < block_size + 1:
         raise UserError(f"{path} holds {tokens} tokens, fewer than block_size+1 = {block_size + 1}: "
                         "use a smaller --block_size or more data")
+    ids = np.memmap(path, dtype=np.uint16, mode="r")
+    largest = int(ids[:: max(1, len(ids) // MAX_IDS_CHECKED)].max())  # every id of a small file, a sample of a big one
+    if largest >= vocab_size:
+        raise UserError(f"{path} holds token id {largest} but the vocabulary has {vocab_size} entries: the files "
+                        f"come from different tokenizers; run {prepare} again")
 
 
 # -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from kazgpt.cli import UserError
 from kazgpt.kazqad import clean_question, format_qa, nfc, passage_header, passage_key
 from kazgpt.tokenizer import Tokenizer
 
@@ -118,12 +119,16 @@ def question_prompt(question: str, tokenizer: Tokenizer, block_size: int, title:
                     context: Optional[str] = None) -> str:
     """The prompt that asks a question in the training layout: closed-book without a context, else a
     reading prompt whose passage is cut around the sentence sharing the most words with the question
-    so that ANSWER_RESERVE tokens stay free for the answer (closed-book if not even that fits)."""
+    so that ANSWER_RESERVE tokens stay free for the answer. UserError if not even that fits."""
     if not context:
         return format_qa(question)
     passage = fit_passage(title, context, question, focus_span(context, question), tokenizer,
                           block_size - ANSWER_RESERVE)
-    return format_qa(question) if passage is None else reading_prompt(title, passage, question)
+    if passage is None:
+        raise UserError(f"the model's context of {block_size} tokens cannot hold this question with any of the "
+                        "passage and room for an answer: ask a shorter question, or use a model with a larger "
+                        "block_size")
+    return reading_prompt(title, passage, question)
 
 
 def first_answer(row: dict) -> tuple[str, int]:

@@ -256,3 +256,41 @@ def test_qa_dataset_mask_disagreeing_with_tokens(tmp_path):
     proc = run("train.py", f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}", *TINY_MODEL, "--max_iters=1",
                check=False)  # TINY_MODEL's block_size 32
     assert_one_line_error(proc, "up to 64 tokens long", "--block_size=64")
+
+
+def test_token_ids_beyond_the_vocabulary(trained, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(trained / "data", data)
+    ids = np.fromfile(data / "val.bin", dtype=np.uint16)
+    ids[5] = 60000
+    ids.tofile(data / "val.bin")
+    before = snapshot(data)
+    proc = run("train.py", f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}", *TINY_MODEL, "--max_iters=1",
+               check=False)
+    assert_one_line_error(proc, "token id 60000", "different tokenizers")
+    assert snapshot(data) == before
+
+
+@pytest.mark.parametrize("damage", ["no_optimizer", "optimizer_of_another_model", "iter_num_text"])
+def test_resume_from_a_damaged_training_state(trained, tmp_path, damage):
+    import shutil
+
+    import torch
+
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    if damage == "no_optimizer":
+        del ckpt["optimizer"]
+    elif damage == "optimizer_of_another_model":
+        ckpt["optimizer"]["param_groups"][0]["params"] = [0]
+    else:
+        ckpt["iter_num"] = "many"
+    torch.save(ckpt, out / "ckpt.pt")
+    before = snapshot(out)
+    proc = run("train.py", f"--data_dir={trained / 'data'}", f"--out_dir={out}", *TINY_MODEL, "--max_iters=4",
+               "--init_from=resume", check=False)
+    assert_one_line_error(proc, "training state does not load", "--init_from=<the checkpoint file>")
+    assert snapshot(out) == before

@@ -137,6 +137,24 @@ def test_interactive_sampling(trained_char):
     assert "outside this model's vocabulary: '€'" in proc.stderr
 
 
+def test_questions_about_a_passage(trained_char, tmp_path):
+    """--context puts a passage before each question in the training layout (title line, passage,
+    question): printed before the sample with --start, one answer line per question interactively."""
+    passage = tmp_path / "passage.txt"
+    passage.write_text("Т\nӨзен 101 км.\nАғысы күшті.\n", encoding="utf-8")  # fits the 64-character context
+    proc = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", f"--context=FILE:{passage}",
+               "--start=Ұзындығы?", "--num_samples=1", "--max_new_tokens=5")
+    assert proc.stdout.startswith("Т\nӨзен 101 км. Ағысы күшті.\nҰзындығы?:")
+    proc = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", "--interactive",
+               f"--context=FILE:{passage}", "--max_new_tokens=20",
+               input_text="Ұзындығы?\nӨзеннің ұзындығы қанша шақырым, ағысы күшті ме, қанша?\nАғысы?\n")
+    assert len(proc.stdout.splitlines()) == 2  # the question too long for the context is reported, on stderr
+    assert "cannot hold this question" in proc.stderr
+    missing = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", "--interactive",
+                  f"--context=FILE:{tmp_path / 'none.txt'}", check=False)
+    assert missing.returncode == 2 and "none.txt not found (from --context" in missing.stderr
+
+
 def test_wandb_offline(trained_char, tmp_path):
     pytest.importorskip("wandb")
     out = tmp_path / "out"
