@@ -4,12 +4,16 @@ Benchmarks: training and sampling speed for named model sizes, on this machine's
     python bench.py                                  # CPU: quickstart and char models, a table and bench.json
     python bench.py --models=quickstart,char,gpt2 --device=cuda
     python bench.py --compare_nanogpt=../nanoGPT --data_dir=/tmp/passages   # quick start side by side with nanoGPT
+    python bench.py --models= --retrieval=../shared/kazqad                 # BM25 analyzers on every KazQAD question
 
 Training rows: ms per iteration (forward, backward, clip, AdamW step, batch loading), tokens/s,
 MFU against the device's peak (data-sheet bf16 figures for A100/H100/H200, otherwise a measured
 large matmul) and the share of each iteration spent getting the batch. Sampling rows: prefill
 tokens/s, per-token decode with the KV cache, and 500 new tokens with the cache against full
-recomputation (block 256, so the window slides), with the ratio.
+recomputation (block 256, so the window slides), with the ratio. Retrieval rows: recall@1,
+recall@5 and MRR@10 of every question's own passage among every passage of a KazQAD source, for
+the shipped analyzer and for it without stemming, without stop words, and with other stem lengths,
+with index build time and questions per second.
 """
 from __future__ import annotations
 
@@ -289,6 +293,44 @@ def run_tables(names: list[str], args, device: str, train_dtype: str, sample_dty
               f"{r['recompute_500_s']:13.2f}s {r['kv_speedup']:5.1f}x {str(r['same_tokens']):>12s}")
 
 
+def bench_retrieval(source: str) -> dict[str, dict]:
+    """Retrieval quality and speed of analyzer variants, on every question of a KazQAD source."""
+    from functools import partial
+
+    from kazgpt.kazqad import passage_key, read_kazqad_examples
+    from kazgpt.retrieval import STEM_LENGTH, PassageIndex, analyze, kazqad_collection
+
+    passages = kazqad_collection(source)
+    position = {(p.title, p.text): i for i, p in enumerate(passages)}
+    rows = [r for split in read_kazqad_examples(source).values() for r in split]
+    variants = {f"shipped (stop words, first {STEM_LENGTH} letters)": analyze,
+                "no stop words": partial(analyze, stopwords=frozenset()),
+                "whole words": partial(analyze, stem_length=None),
+                "whole words, no stop words": partial(analyze, stem_length=None, stopwords=frozenset()),
+                **{f"first {n} letters": partial(analyze, stem_length=n) for n in (4, 6, 7)}}
+    results = {}
+    for name, analyzer in variants.items():
+        t0 = time.perf_counter()
+        index = PassageIndex.build(passages, analyzer)
+        t1 = time.perf_counter()
+        ranks = []
+        for row in rows:
+            found = [i for i, _ in index.search(row["question"], 10)]
+            gold = position[passage_key(row)]
+            ranks.append(found.index(gold) + 1 if gold in found else None)
+        t2 = time.perf_counter()
+        results[name] = {"recall@1": float(np.mean([r == 1 for r in ranks])),
+                         "recall@5": float(np.mean([r is not None and r <= 5 for r in ranks])),
+                         "mrr@10": float(np.mean([1 / r if r else 0.0 for r in ranks])),
+                         "build_s": t1 - t0, "questions_per_s": len(rows) / (t2 - t1)}
+    print(f"\nBM25 over {len(passages)} passages, {len(rows)} questions ({source})")
+    print(f"{'analyzer':42s} {'R@1':>6s} {'R@5':>6s} {'MRR@10':>7s} {'build s':>8s} {'q/s':>7s}")
+    for name, r in results.items():
+        print(f"{name:42s} {r['recall@1']:6.3f} {r['recall@5']:6.3f} {r['mrr@10']:7.3f} {r['build_s']:8.2f} "
+              f"{r['questions_per_s']:7.0f}")
+    return results
+
+
 def check_args(args, names: list[str]) -> None:
     """Everything a run needs, checked before minutes of work."""
     unknown = [m for m in names if m not in MODELS]
@@ -297,6 +339,8 @@ def check_args(args, names: list[str]) -> None:
     if args.iters is not None and args.iters < 1:
         raise UserError(f"--iters must be at least 1, got {args.iters}")
     check_output(Path(args.json), made_by_bench, "results (--json)")
+    if args.retrieval and not Path(args.retrieval).exists():
+        raise UserError(f"--retrieval {args.retrieval} does not exist: pass a KazQAD JSON Lines file or folder")
     if args.compare_nanogpt:
         nano = Path(args.compare_nanogpt)
         missing = [f for f in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py")
@@ -322,6 +366,7 @@ def main() -> None:
     parser.add_argument("--compare_nanogpt", default=None,
                         help="a nanoGPT checkout: also run the quick start side by side")
     parser.add_argument("--data_dir", default=None, help="prepared char-level data for --compare_nanogpt")
+    parser.add_argument("--retrieval", default=None, help="a KazQAD source: also compare BM25 analyzers on it")
     parser.add_argument("--malloc", choices=("reuse", "glibc"), default="reuse",
                         help="on CPU: keep freed memory for the next step as train.py does (reuse), "
                         "or glibc's defaults")
@@ -350,6 +395,8 @@ def main() -> None:
         c = compare_nanogpt(Path(args.compare_nanogpt), Path(args.data_dir), args.optimizer)
         results["vs_nanogpt"] = c
         print_comparison(c)
+    if args.retrieval:
+        results["retrieval"] = bench_retrieval(args.retrieval)
     out = Path(args.json)
     write_files_atomically(out.parent, {out.name: json.dumps(results, indent=1)})
     print(f"\nwrote {out}")

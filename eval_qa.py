@@ -6,12 +6,16 @@ layout and answered greedily (KV cache) until the end of the answer's line, in t
   reading       '<title>\\n<passage>\\n<question>:'          the passage comes first: the sentences around
                                                              the one sharing most words with the question,
                                                              as many as fit the model's context
+  open          as reading, with the passage that BM25 retrieves from a collection (every passage of the
+                source, or --collection) in place of the question's own; retrieval recall@1, recall@5
+                and MRR@10 against the question's own passage are reported beside EM/F1
 
 and scored with Exact Match and token F1, SQuAD-style, normalized for Kazakh (lower-casing that
 covers әғқңөұүһі, punctuation turned into spaces so that 'Г.Мендель' is two words, spaces
 collapsed; with several gold answers the best one counts).
 
     python eval_qa.py --out_dir=out-qazdata-char --source=../shared/kazqad --split=validation
+    python eval_qa.py --out_dir=out-qa --modes=open --collection=passages.txt
 
 When the source has a single split (so prepare.py split it 90/10 by passage), only the questions
 of the held-out passages are asked, so training answers are not scored. For scale, the KazQAD
@@ -32,11 +36,13 @@ from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, stream_text
 from kazgpt.files import check_output, commit, temporary_name
-from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_key
+from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_key, source_or_env
 from kazgpt.qa_examples import question_prompt
+from kazgpt.retrieval import Passage, PassageIndex, kazqad_collection, open_index, read_collection
 from kazgpt.qa import exact_match, token_f1
 
-MODES = ("closed_book", "reading")
+MODES = ("closed_book", "reading", "open")
+RETRIEVED = 10  # passages ranked per question in open mode (for recall@5 and MRR@10; the reader reads the first)
 
 
 @dataclass
@@ -46,7 +52,9 @@ class EvalConfig:
     init_from: str = "resume"  # as in sample.py
     source: Optional[str] = None  # KazQAD JSON Lines file or folder; None: $KAZQAD_SOURCE, else the hub
     split: str = "validation"
-    modes: str = "closed_book,reading"
+    modes: str = "closed_book,reading"  # any of closed_book, reading, open
+    collection: Optional[str] = None  # open mode's passages: a .txt or .jsonl file; None: every passage of the source
+    index_dir: str = "data/bm25"  # where retrieval indexes are saved (one per collection), built on first use
     max_new_tokens: int = 64
     limit: Optional[int] = None  # ask only the first N questions
     output: Optional[str] = None  # per-question JSON Lines; None: <out_dir>/eval_qa_<split>.jsonl
@@ -54,33 +62,60 @@ class EvalConfig:
     dtype: Optional[str] = None
 
 
-def prompt_for(example: dict, mode: str, tokenizer, block_size: int) -> str:
-    """The prompt of one mode for one example, in the training layout."""
-    question, (title, context) = clean_question(example["question"]), passage_key(example)
-    if mode == "closed_book":
-        return format_qa(question)
-    return question_prompt(question, tokenizer, block_size, title, context)
+def gold_rank(example: dict, ranked: list[Passage]) -> Optional[int]:
+    """Where the example's own passage is among the retrieved ones (1 = first), None if not there.
+    Passages are compared by their words, so a collection file's line breaks do not matter."""
+    gold = " ".join(passage_key(example)[1].split())
+    return next((r for r, p in enumerate(ranked, 1) if " ".join(p.text.split()) == gold), None)
+
+
+def make_prompter(tokenizer, block_size: int, index: Optional[PassageIndex]):
+    """prompt(example, mode) -> (the prompt in the training layout, what to record beside the answer)."""
+    def prompt(example: dict, mode: str) -> tuple[Optional[str], dict]:
+        question, (title, context), record = clean_question(example["question"]), passage_key(example), {}
+        if mode == "open":
+            ranked = [index.passages[i] for i, _ in index.search(question, RETRIEVED)]
+            record = {"retrieved": ranked[0].title if ranked else None, "gold_rank": gold_rank(example, ranked)}
+            # no word of the question in the collection: asked closed-book
+            title, context = (ranked[0].title, ranked[0].text) if ranked else ("", None)
+        if mode == "closed_book" or context is None:
+            return format_qa(question), record
+        try:
+            return question_prompt(question, tokenizer, block_size, title, context), record
+        except UserError:  # the question is too long for the model's context
+            return None, record
+    return prompt
+
+
+def add_retrieval(score: dict, rank: Optional[int]) -> None:
+    for name, hit in (("recall@1", rank == 1), ("recall@5", rank is not None and rank <= 5)):
+        score[name] = score.get(name, 0) + hit
+    score["mrr@10"] = score.get("mrr@10", 0) + (1 / rank if rank else 0)
 
 
 def score_examples(examples: list[dict], modes: list[str], answer, prompt, out) -> dict[str, dict]:
-    """Ask every example in every mode (prompt(example, mode) -> text, answer(text) -> prediction),
-    write one JSON line per answer to out, and return each mode's summed EM and F1."""
+    """Ask every example in every mode (prompt(example, mode) -> (text, record), answer(text) ->
+    prediction; None for either where the question cannot be asked), write one JSON line per
+    answer to out, and return each mode's summed EM and F1 (and, where the record has a
+    gold_rank, retrieval recall@1/@5 and MRR@10)."""
     from tqdm import tqdm
 
     scores = {m: {"em": 0.0, "f1": 0.0, "n": 0, "skipped": 0} for m in modes}
     for ex in tqdm(examples, desc="questions", unit="q"):
         golds = [nfc(a).strip() for a in ex["answers"]["text"]] or [""]
         for mode in modes:
-            try:
-                prediction = answer(prompt(ex, mode))
-            except UserError:  # outside a char-level vocabulary, or too long for the context: counted as wrong
+            text, record = prompt(ex, mode)
+            prediction = answer(text) if text is not None else None
+            if prediction is None:  # too long for the context, or outside a char-level vocabulary: wrong
                 prediction, scores[mode]["skipped"] = "", scores[mode]["skipped"] + 1
             em, f1 = exact_match(prediction, golds), token_f1(prediction, golds)
             scores[mode]["em"] += em
             scores[mode]["f1"] += f1
             scores[mode]["n"] += 1
+            if "gold_rank" in record:
+                add_retrieval(scores[mode], record["gold_rank"])
             out.write(json.dumps({"id": ex.get("id"), "mode": mode, "question": clean_question(ex["question"]),
-                                  "prediction": prediction, "answers": golds, "em": em, "f1": f1},
+                                  "prediction": prediction, "answers": golds, "em": em, "f1": f1, **record},
                                  ensure_ascii=False) + "\n")
     return scores
 
@@ -111,27 +146,50 @@ def main() -> None:
     examples = examples[: cfg.limit] if cfg.limit else examples
     print(f"asking {what}" + (f", first {len(examples)}" if cfg.limit else ""))
 
-    def answer(prompt: str) -> str:
-        """The greedy answer: the rest of the prompt's line. Unencodable prompts (characters outside a
-        char-level vocabulary) raise UserError."""
-        pieces = stream_text(model, tokenizer, tokenizer.encode(prompt), cfg.max_new_tokens, device, dtype, greedy=True)
-        return "".join(first_line(pieces)).strip()
+    index = open_index(load_collection(cfg), cfg.index_dir) if "open" in modes else None
+    if index is not None:
+        print(f"open mode: BM25 over {len(index.passages)} passages "
+              f"({cfg.collection or 'every passage of the source'})")
+
+    def answer(prompt: str) -> Optional[str]:
+        """The greedy answer: the rest of the prompt's line; None for a prompt that cannot be encoded
+        (characters outside a char-level vocabulary)."""
+        try:
+            ids = tokenizer.encode(prompt)
+        except UserError:
+            return None
+        return "".join(first_line(stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype,
+                                              greedy=True))).strip()
 
     tmp = temporary_name(output)  # renamed to output when complete; removed if the run stops
     try:
         with open(tmp, "w", encoding="utf-8") as out:
-            scores = score_examples(examples, modes, answer, lambda ex, mode: prompt_for(ex, mode, tokenizer,
-                                                                                        model.config.block_size), out)
+            scores = score_examples(examples, modes, answer, make_prompter(tokenizer, model.config.block_size, index),
+                                    out)
         commit({tmp: output})
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"\n{'mode':12s} {'questions':>9s} {'EM':>6s} {'F1':>6s}")
+    print_table(scores)
+    print(f"per-question results: {output}")
+
+
+def load_collection(cfg: EvalConfig) -> list[Passage]:
+    return read_collection(cfg.collection) if cfg.collection else kazqad_collection(source_or_env(cfg.source))
+
+
+def print_table(scores: dict[str, dict]) -> None:
+    retrieval = any("mrr@10" in s for s in scores.values())
+    print(f"\n{'mode':12s} {'questions':>9s} {'EM':>6s} {'F1':>6s}" + ("   R@1    R@5 MRR@10" if retrieval else ""))
     for mode, s in scores.items():
         n = max(1, s["n"])
-        print(f"{mode:12s} {s['n']:9d} {100 * s['em'] / n:6.1f} {100 * s['f1'] / n:6.1f}"
-              + (f"  ({s['skipped']} could not be asked: characters outside the vocabulary, or too long)"
-                 if s["skipped"] else ""))
-    print(f"per-question results: {output}")
+        line = f"{mode:12s} {s['n']:9d} {100 * s['em'] / n:6.1f} {100 * s['f1'] / n:6.1f}"
+        if "mrr@10" in s:
+            line += "".join(f" {100 * s[k] / n:6.1f}" for k in ("recall@1", "recall@5", "mrr@10"))
+        elif retrieval:
+            line += " " * 21
+        if s["skipped"]:
+            line += f"  ({s['skipped']} could not be asked: characters outside the vocabulary, or too long)"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Sample from a trained model, or from OpenAI's GPT-2:
     python sample.py --init_from=gpt2-xl --start="FILE:prompt.txt" --num_samples=3
     python sample.py --out_dir=out-qazdata-char --interactive   # type questions, answers stream back
     python sample.py --out_dir=out-qa --interactive --context=FILE:passage.txt   # questions about your text
+    python sample.py --out_dir=out-qa --interactive --collection=passages.txt   # about a collection (BM25)
 
 A checkpoint carries its model arguments and tokenizer, so sampling needs nothing but out_dir.
 Settings are the SampleConfig fields below (see configurator.py for how overrides work).
@@ -25,6 +26,7 @@ from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, stream_text
 from kazgpt.kazqad import nfc
 from kazgpt.qa_examples import question_prompt
+from kazgpt.retrieval import open_index, read_collection
 from model import decode_one_token
 
 
@@ -47,6 +49,10 @@ class SampleConfig:
     # a passage to answer from, as text or FILE:path (a first line followed by more lines is its title);
     # with it each question (--start, or a line of --interactive) is asked in the reading layout
     context: Optional[str] = None
+    # a collection of passages (.txt or .jsonl, see kazgpt/retrieval.py): each question is asked in the reading
+    # layout with the passage BM25 finds for it, whose title is shown first
+    collection: Optional[str] = None
+    index_dir: str = "data/bm25"  # where the collection's index is saved, built on first use
 
 
 def check_ranges(cfg: SampleConfig) -> None:
@@ -93,22 +99,45 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 
 
 def answer_questions(lines, tokenizer, generate, ask) -> None:
-    """Interactive mode: each line read is a question, asked in the training layout by ask(question);
-    the answer streams back until its line ends. A question that cannot be encoded is reported
-    and the session goes on."""
+    """Interactive mode: each line read is a question, asked in the training layout by ask(question)
+    -> (prompt, a line to show before the answer or None); the answer streams back until its line
+    ends. A question that cannot be asked is reported and the session goes on."""
     print("Ask a question (Ctrl-D to end).", file=sys.stderr)
     for line in lines:
         question = " ".join(nfc(line).split())
         if not question:
             continue
         try:
-            ids = encode_prompt(tokenizer, ask(question))
+            prompt, source = ask(question)
+            ids = encode_prompt(tokenizer, prompt)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             continue
+        if source:
+            print(source, flush=True)
         for piece in first_line(generate(ids)):
             print(piece, end="", flush=True)
         print(flush=True)
+
+
+def make_asker(cfg: SampleConfig, tokenizer, block_size: int):
+    """ask(question) -> (the prompt, a line naming the passage it is asked from, or None): closed-book,
+    from --context, or from the passage that BM25 retrieves from --collection."""
+    if cfg.context and cfg.collection:
+        raise UserError("--context and --collection both give the passage: use one of them")
+    if cfg.collection:
+        index = open_index(read_collection(cfg.collection), cfg.index_dir)
+
+        def ask(question: str) -> tuple[str, Optional[str]]:
+            hits = index.search(question, 1)
+            if not hits:
+                return question_prompt(question, tokenizer, block_size), "[source: none found, asked closed-book]"
+            passage = index.passages[hits[0][0]]
+            return (question_prompt(question, tokenizer, block_size, passage.title, passage.text),
+                    f"[source: {passage.title or passage.text[:60]}]")
+        return ask
+    title, passage = read_context(cfg.context) if cfg.context else ("", None)
+    return lambda question: (question_prompt(question, tokenizer, block_size, title, passage), None)
 
 
 def main() -> None:
@@ -122,14 +151,15 @@ def main() -> None:
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     generate = lambda ids: stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype, cfg.temperature,
                                        cfg.top_k, cfg.top_p, generator=generator, decode_step=decode_step)
-    title, passage = read_context(cfg.context) if cfg.context else ("", None)
-    ask = lambda question: question_prompt(question, tokenizer, model.config.block_size, title, passage)
+    ask = make_asker(cfg, tokenizer, model.config.block_size)
     if cfg.interactive:
         answer_questions(sys.stdin, tokenizer, generate, ask)
         return
     prompt = read_text_arg(cfg.start, "start")
-    if passage is not None:  # --start is the question
-        prompt = ask(" ".join(prompt.split()).removesuffix(":"))
+    if cfg.context or cfg.collection:  # --start is the question
+        prompt, source = ask(" ".join(prompt.split()).removesuffix(":"))
+        if source:
+            print(source, flush=True)
     ids = encode_prompt(tokenizer, prompt)
     for _ in range(cfg.num_samples):
         print(prompt, end="", flush=True)

@@ -18,7 +18,7 @@ import json
 import os
 import unicodedata
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from kazgpt.cli import UserError
 
@@ -105,15 +105,20 @@ def read_text_file(path: Path) -> str:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
 
 
+def json_lines(text: str, path: Path, expected: str) -> Iterator[tuple[int, object]]:
+    """(line number, value) of each non-blank line of JSON Lines text; a line that is not JSON is
+    refused with its number and what was expected."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {n} is not JSON ({e.msg}): expected {expected}") from None
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(read_text_file(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {n} is not JSON ({e.msg}): expected KazQAD JSON Lines") from None
+    for n, row in json_lines(read_text_file(path), path, "KazQAD JSON Lines"):
         problem = schema_problem(row)
         if problem:
             raise UserError(f"{path} line {n} is not in KazQAD's schema ({problem}); "

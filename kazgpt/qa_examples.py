@@ -122,8 +122,11 @@ def question_prompt(question: str, tokenizer: Tokenizer, block_size: int, title:
     so that ANSWER_RESERVE tokens stay free for the answer. UserError if not even that fits."""
     if not context:
         return format_qa(question)
-    passage = fit_passage(title, context, question, focus_span(context, question), tokenizer,
-                          block_size - ANSWER_RESERVE)
+    sentence, budget = focus_span(context, question), block_size - ANSWER_RESERVE
+    passage = fit_passage(title, context, question, sentence, tokenizer, budget)
+    if passage is None:  # the sentence alone is too long: the words around its middle
+        middle = (sentence[0] + sentence[1]) // 2
+        passage = fit_passage(title, context, question, (middle, middle), tokenizer, budget)
     if passage is None:
         raise UserError(f"the model's context of {block_size} tokens cannot hold this question with any of the "
                         "passage and room for an answer: ask a shorter question, or use a model with a larger "
@@ -159,26 +162,63 @@ def kazqad_examples(rows: Iterable[dict], tokenizer: Tokenizer, block_size: int)
     return examples, dropped
 
 
-def cloze_span(sentence: str, rng: random.Random) -> Optional[tuple[int, int]]:
-    """The span of a sentence to blank out: a number, else a capitalized word that does not start
-    the sentence (a name), else a word of 5 letters or more; None for sentences under 5 words."""
-    tokens = list(re.finditer(r"\w[\w-]*", sentence))
-    if len(tokens) < 5:
+CLOZE_KINDS = ("number", "name", "word")  # in the order cloze_span prefers them
+
+
+def cloze_kind(word: re.Match) -> Optional[str]:
+    """What a word of a sentence is, as a cloze answer: a number, a capitalized word that does not
+    start the sentence (a name), a word of 5 letters or more, or None."""
+    text = word.group()
+    if text[0].isdigit():
+        return "number"
+    if word.start() > 0 and text[0].isupper():
+        return "name"
+    return "word" if len(text) >= 5 else None
+
+
+def cloze_span(sentence: str, rng: random.Random) -> Optional[tuple[int, int, str]]:
+    """The span of a sentence to blank out and its kind, preferring numbers, then names, then longer
+    words (cloze_kind); None for sentences under 5 words."""
+    words = list(re.finditer(r"\w[\w-]*", sentence))
+    if len(words) < 5:
         return None
-    for pick in (lambda t: t.group()[0].isdigit(), lambda t: t.start() > 0 and t.group()[0].isupper(),
-                 lambda t: len(t.group()) >= 5):
-        candidates = [t for t in tokens if pick(t)]
+    for kind in CLOZE_KINDS:
+        candidates = [w for w in words if cloze_kind(w) == kind]
         if candidates:
             chosen = rng.choice(candidates)
-            return chosen.start(), chosen.end()
+            return chosen.start(), chosen.end(), kind
     return None
+
+
+def cloze_pools(passages: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The names and longer words of the passages, sorted: what a cloze answer is swapped for."""
+    pools: dict[str, set[str]] = {"name": set(), "word": set()}
+    for _, context in passages:
+        for a, b in sentence_spans(context):
+            for word in re.finditer(r"\w[\w-]*", context[a:b].strip()):
+                kind = cloze_kind(word)
+                if kind in pools:
+                    pools[kind].add(word.group())
+    return {kind: sorted(words) for kind, words in pools.items()}
+
+
+def swap_for(answer: str, kind: str, pools: dict[str, list[str]], rng: random.Random) -> str:
+    """Another span of the answer's kind: a number of as many digits, or a name or word of the pools."""
+    if kind == "number":
+        return "".join(str(rng.randint(1 if i == 0 and c != "0" else 0, 9)) if c.isdigit() else c
+                       for i, c in enumerate(answer))
+    choices = [w for w in pools[kind] if w != answer]
+    return rng.choice(choices) if choices else answer
 
 
 def cloze_examples(passages: Iterable[tuple[str, str]], per_passage: int, tokenizer: Tokenizer, block_size: int,
                    seed: int = 0) -> list[QAExample]:
     """Up to per_passage cloze reading examples from each (title, passage): distinct sentences, one
-    blank each, the same for the same passages and seed."""
-    examples = []
+    blank each, the same for the same passages and seed. The blanked span is swapped, in the whole
+    passage, title and question, for another of its kind (swap_for), so that a model that remembers
+    the passage from pretraining still has to read the answer off the prompt."""
+    passages = list(passages)
+    pools, examples = cloze_pools(passages), []
     for title, context in passages:
         rng = random.Random(f"{seed}:{title}:{context}")
         spans = sentence_spans(context)
@@ -189,8 +229,13 @@ def cloze_examples(passages: Iterable[tuple[str, str]], per_passage: int, tokeni
                 continue
             start = a + (len(context[a:b]) - len(context[a:b].lstrip())) + span[0]
             answer = sentence[span[0]:span[1]]
-            question = " ".join((sentence[:span[0]] + CLOZE_BLANK + sentence[span[1]:]).split()).rstrip(" .")
-            example = reading_example(title, context, question, answer, start, tokenizer, block_size)
+            new = swap_for(answer, span[2], pools, rng)
+            whole = re.compile(rf"(?<!\w){re.escape(answer)}(?!\w)")
+            new_start = start + len(whole.findall(context[:start])) * (len(new) - len(answer))
+            question = sentence[:span[0]] + CLOZE_BLANK + sentence[span[1]:]
+            question = " ".join(whole.sub(new, question).split()).rstrip(" .")
+            example = reading_example(whole.sub(new, title), whole.sub(new, context), question, new, new_start,
+                                      tokenizer, block_size)
             if example is not None:
                 examples.append(example)
     return examples

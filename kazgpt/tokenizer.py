@@ -91,8 +91,9 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
     raise UserError(f"unknown tokenizer kind '{kind}' (expected char, tiktoken or hf)")
 
 
-def train_byte_level_bpe(docs: list[str], vocab_size: int) -> str:
-    """A byte-level BPE trained on docs, with EOT as its one special token, as tokenizer.json text."""
+def train_byte_level_bpe(docs: Iterable[str], vocab_size: int) -> str:
+    """A byte-level BPE trained on docs (a list, or a stream read once), with EOT as its one special
+    token, as tokenizer.json text."""
     from tokenizers import Tokenizer as HFTokenizerModel
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -101,5 +102,5 @@ def train_byte_level_bpe(docs: list[str], vocab_size: int) -> str:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=True,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    tokenizer.train_from_iterator(docs, trainer=trainer, length=len(docs) if isinstance(docs, list) else None)
     return tokenizer.to_str()

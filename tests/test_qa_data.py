@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from conftest import KAZQAD_VAL, run
 from kazgpt.dataset import ExampleSplit, get_batch, batch_generator, open_token_files
 from kazgpt.kazqad import passage_key, read_kazqad_examples, split_rows
-from kazgpt.qa_examples import (CLOZE_BLANK, LOSS, START, QAExample, encode_examples, first_answer, fit_passage,
-                                question_prompt, reading_example, sentence_spans)
+from kazgpt.qa_examples import (CLOZE_BLANK, LOSS, START, QAExample, cloze_examples, encode_examples, first_answer,
+                                fit_passage, question_prompt, reading_example, sentence_spans)
 from kazgpt.tokenizer import CharTokenizer
 from model import GPT, GPTConfig
 
@@ -73,6 +73,19 @@ def test_question_prompt_centres_on_the_sentence_that_shares_the_question_words(
     assert question_prompt("Абай қашан туған?", tokenizer, 256) == "Абай қашан туған?:"
 
 
+def test_cloze_answers_are_swapped_so_they_must_be_read():
+    """A cloze example's answer is a stand-in of the blanked span's kind, written into the passage in
+    place of the original everywhere; the original is gone from the prompt."""
+    context = "Абай 1845 жылы Шыңғыс тауында туған. Ол 1845 жылы ақын болды. Абай қазақ ақыны, ойшыл."
+    tokenizer = CharTokenizer("".join(sorted(set(context + "\n :_" + "0123456789"))))
+    for seed in range(5):
+        for ex in cloze_examples([("Абай", context)], 3, tokenizer, 200, seed):
+            question, answer = ex.prompt.split("\n")[-1], ex.answer.strip()
+            assert CLOZE_BLANK in question and answer in ex.prompt.split("\n")[1]
+            if answer.isdigit():
+                assert len(answer) == 4 and "1845" not in ex.prompt
+
+
 def test_mask_marks_answers_and_starts():
     tokenizer = CharTokenizer("abc:\n ")
     ids, mask = encode_examples([QAExample("ab:", " c\n"), QAExample("c:", " a\n")], tokenizer)
@@ -129,9 +142,11 @@ def test_prepare_cloze_from_train_passages_only_and_finetune_checks_tokenizer(ka
     assert len(cloze) > 300
     for text in cloze:
         lines = text.split("\n")  # title, the passage's lines, 'question: answer', ''
-        title, passage = lines[0], "\n".join(lines[1:-2])
-        # part of a training passage (a sentence may also occur in a held-out passage of the same article)
-        assert any(title == t and passage in p for t, p in train_passages)
+        passage, answer = "\n".join(lines[1:-2]), lines[-2].rsplit(": ", 1)[1]
+        # around the swapped-in answer, the passage is a stretch of a training passage (a sentence may also
+        # occur in a held-out passage of the same article, so that is not checked)
+        for piece in passage.split(answer):
+            assert any(piece.strip() in p for _, p in train_passages), piece
     assert not held_out & train_passages
 
     run("data/qazdata_char/prepare.py", f"--source={KAZQAD_VAL}", f"--out_dir={tmp_path / 'char'}")

@@ -2,7 +2,7 @@
 KazQAD as question-answering finetuning data: examples with a loss mask on the answer tokens
 (the format is in kazgpt/dataset.py, the layout in kazgpt/qa_examples.py).
 
-    python data/qazdata_qa/prepare.py --source=../shared/kazqad --tokenizer=data/qazdata_bpe --block_size=256 --cloze=4
+    python data/qazdata_qa/prepare.py --source=../shared/kazqad --tokenizer=data/qazdata_bpe --block_size=128 --cloze=20
 
 train: for each question of the training passages a reading example (the passage cut to fit
 --block_size around the answer) and a closed-book one, and --cloze pseudo-questions per training
@@ -44,8 +44,8 @@ def load_tokenizer(name: str) -> tuple:
 def main() -> None:
     parser = kazqad_arg_parser(__doc__)
     parser.add_argument("--tokenizer", default="data/qazdata_bpe", help="a prepared dataset folder, or gpt2")
-    parser.add_argument("--block_size", type=int, default=256, help="tokens an example may take (prompt and answer)")
-    parser.add_argument("--cloze", type=int, default=0, help="cloze pseudo-questions per training passage")
+    parser.add_argument("--block_size", type=int, default=128, help="tokens an example may take (prompt and answer)")
+    parser.add_argument("--cloze", type=int, default=20, help="cloze pseudo-questions per training passage, at most")
     parser.add_argument("--seed", type=int, default=0, help="picks the cloze sentences and spans, and the order")
     args = parser.parse_args()
     if args.block_size < 32 or args.cloze < 0:

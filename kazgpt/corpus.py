@@ -1,0 +1,222 @@
+"""Large text corpora (OpenWebText, Kazakh Wikipedia) turned into train.bin/val.bin with flat
+memory, whatever their size: documents are read as a stream (from the hub, or local .parquet,
+.jsonl/.json or .txt files), tokenized by worker processes a window of batches at a time, and
+each window's tokens are appended to the .bin files before the next one is read. Each document
+goes to val with probability val_fraction, decided by a hash of its text (deterministic,
+independent of order and of num_proc). The finished files replace the old dataset together.
+
+Local formats: parquet and JSON Lines with a 'text' column (and, where title_field is given, that
+column as the document's first line); .txt with documents separated by blank lines.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from kazgpt.cli import UserError
+from kazgpt.dataset import DATASET_FILES, meta_text
+from kazgpt.files import remove_stale_temporaries, temporary_name, write_files_atomically
+from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
+
+BATCH_BYTES = 1 << 20  # text per worker task
+
+
+def corpus_arg_parser(doc: str, val_fraction: float) -> argparse.ArgumentParser:
+    """The options every corpus prepare script takes; check_corpus_args checks them."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default=None, help="local files or folder (default: stream from the hub)")
+    parser.add_argument("--out_dir", default=None, help="where to write (default: the script's folder)")
+    parser.add_argument("--val_fraction", type=float, default=val_fraction, help="of the documents, by hash")
+    parser.add_argument("--num_proc", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    return parser
+
+
+def check_corpus_args(args: argparse.Namespace) -> None:
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
+    if args.num_proc < 1:
+        raise UserError(f"--num_proc must be at least 1, got {args.num_proc}")
+    if args.source is not None and not Path(args.source).exists():
+        raise UserError(f"--source {args.source} does not exist")
+
+
+def iter_local_documents(path: Path, title_field: Optional[str] = None) -> Iterator[str]:
+    """The documents of a local file or folder (its .parquet, .jsonl/.json and .txt files, sorted)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = [f for f in files if f.suffix in (".parquet", ".jsonl", ".json", ".txt")]
+    if not files:
+        raise UserError(f"{path} holds no .parquet, .jsonl, .json or .txt files")
+    for f in files:
+        try:
+            if f.suffix == ".parquet":
+                rows = _parquet_rows(f, title_field)
+            elif f.suffix in (".jsonl", ".json"):
+                rows = _jsonl_rows(f, title_field)
+            else:
+                rows = ((n, doc, None) for n, doc in enumerate(_txt_documents(f), 1))
+            for n, text, title in rows:
+                for what, value in (("text", text), (title_field, title)):
+                    if value is not None and not isinstance(value, str):
+                        raise UserError(f"{f} row {n}: '{what}' is {type(value).__name__}, not text; "
+                                        "fix or drop that row")
+                yield f"{title.strip()}\n{text}" if title and title.strip() else text
+        except UnicodeDecodeError as e:
+            raise UserError(f"{f} is not UTF-8 text (byte {e.start}): convert it to UTF-8 first") from None
+
+
+def _parquet_rows(f: Path, title_field: Optional[str]) -> Iterator[tuple[int, object, object]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        if "text" not in names:
+            raise UserError(f"{f} has no 'text' column (columns: {', '.join(names)})")
+        columns = ["text"] + ([title_field] if title_field in names else [])
+        n = 0
+        for batch in pf.iter_batches(columns=columns, batch_size=1024):
+            texts = batch.column(0).to_pylist()
+            titles = batch.column(1).to_pylist() if len(columns) > 1 else [None] * len(texts)
+            for text, title in zip(texts, titles):
+                n += 1
+                yield n, text, title
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{f} is not a readable parquet file ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def _jsonl_rows(f: Path, title_field: Optional[str]) -> Iterator[tuple[int, object, object]]:
+    with open(f, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    yield n, row["text"], row.get(title_field) if title_field else None
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    raise UserError(f"{f} line {n} is not a JSON object with a 'text' field") from None
+
+
+def _txt_documents(f: Path) -> Iterator[str]:
+    with open(f, encoding="utf-8") as fh:
+        doc: list[str] = []
+        for line in fh:
+            if line.strip():
+                doc.append(line)
+            elif doc:  # a blank line ends a document; the newline before it is not part of it
+                yield "".join(doc).rstrip("\n")
+                doc = []
+        if doc:
+            yield "".join(doc).rstrip("\n")
+
+
+def iter_hub_documents(hub_id: str, config: Optional[str] = None, title_field: Optional[str] = None
+                       ) -> Iterator[str]:
+    """The documents of a hub dataset's train split, streamed."""
+    try:
+        from datasets import load_dataset
+
+        for row in load_dataset(hub_id, config, split="train", streaming=True):
+            title = row.get(title_field) if title_field else None
+            yield f"{title.strip()}\n{row['text']}" if isinstance(title, str) and title.strip() else row["text"]
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"could not stream {hub_id} from the Hugging Face hub ({type(e).__name__}); "
+                        "offline, pass local files with --source=PATH") from None
+
+
+def is_val(doc: str, val_fraction: float) -> bool:
+    """Whether a document belongs to val: a hash of its text below val_fraction of the hash range."""
+    digest = hashlib.blake2b(doc.encode("utf-8", errors="replace"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < int(val_fraction * 2**64)
+
+
+def batches(docs: Iterable[str]) -> Iterator[list[str]]:
+    batch, size = [], 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc)
+        if size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+_worker_tokenizer: Optional[Tokenizer] = None
+
+
+def _start_worker(spec: dict) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer_from_spec(spec)
+
+
+def _tokenize_batch(args: tuple[list[str], float]) -> tuple[bytes, bytes, int, int]:
+    """(train token bytes, val token bytes, val UTF-8 bytes, documents) for one batch, in a worker."""
+    import numpy as np
+
+    docs, val_fraction = args
+    train, val, val_bytes = [], [], 0
+    for doc in docs:
+        ids = _worker_tokenizer.encode(doc) + [_worker_tokenizer.eot_token]
+        if is_val(doc, val_fraction):
+            val.extend(ids)
+            val_bytes += len(doc.encode("utf-8", errors="replace"))
+        else:
+            train.extend(ids)
+    return np.array(train, dtype=np.uint16).tobytes(), np.array(val, dtype=np.uint16).tobytes(), val_bytes, len(docs)
+
+
+def write_streamed_dataset(out_dir: Path, docs: Iterable[str], tokenizer: Tokenizer, worker_spec: dict,
+                           val_fraction: float, num_proc: int, extra_files: Optional[dict[str, str]] = None) -> str:
+    """Tokenize a stream of documents into out_dir's train.bin/val.bin and meta.json (with extra_files,
+    all replacing the old dataset together), in num_proc workers that build their tokenizer from
+    worker_spec. Returns a line saying what was written."""
+    from tqdm import tqdm
+
+    counts, totals = {"train": 0, "val": 0}, {"val_bytes": 0, "docs": 0}
+    remove_stale_temporaries(out_dir, DATASET_FILES)
+    tmp = {split: temporary_name(out_dir / f"{split}.bin") for split in counts}
+    files = {split: open(tmp[split], "wb") for split in counts}
+
+    def tokenize_window(pool, window: list[list[str]], bar) -> None:
+        for train_bytes, val_bytes, val_text_bytes, n_docs in pool.map(_tokenize_batch,
+                                                                       [(b, val_fraction) for b in window]):
+            for split, chunk in (("train", train_bytes), ("val", val_bytes)):
+                files[split].write(chunk)
+                counts[split] += len(chunk) // 2
+            totals["val_bytes"] += val_text_bytes
+            totals["docs"] += n_docs
+            bar.update(n_docs)
+
+    try:
+        with Pool(num_proc, initializer=_start_worker, initargs=(worker_spec,)) as pool, \
+                tqdm(desc="tokenizing", unit="doc") as bar:
+            window: list[list[str]] = []
+            for batch in batches(docs):
+                window.append(batch)
+                if len(window) == 2 * num_proc:  # batches in flight: this bounds memory
+                    tokenize_window(pool, window, bar)
+                    window = []
+            tokenize_window(pool, window, bar)
+        for f in files.values():
+            f.close()
+        if counts["val"] == 0 or counts["train"] == 0:
+            empty = "val" if counts["train"] else "train"
+            raise UserError(f"{totals['docs']} documents gave an empty {empty} split: "
+                            "use more data or a larger --val_fraction")
+        # complete files replace the old ones only now, with meta.json, all together
+        meta = meta_text(tokenizer.spec, tokenizer.vocab_size, counts, totals["val_bytes"])
+        write_files_atomically(out_dir, {"meta.json": meta, **(extra_files or {})},
+                               written={p: out_dir / f"{split}.bin" for split, p in tmp.items()})
+    finally:  # no partial files are left behind; the old dataset stays as it was
+        for f in files.values():
+            f.close()
+        for p in tmp.values():
+            p.unlink(missing_ok=True)
+    return f"{totals['docs']:,} documents: {counts['train']:,} train and {counts['val']:,} val tokens in {out_dir}"
