@@ -276,9 +276,10 @@ def dataset_dir(cfg: TrainConfig) -> Path:
     if cfg.data_dir:
         return Path(cfg.data_dir)
     data_dir = REPO_ROOT / "data" / cfg.dataset
-    if not data_dir.is_dir():
-        known = [p.name for p in (REPO_ROOT / "data").iterdir() if p.is_dir() and not p.name.startswith("_")]
-        raise UserError(f"unknown dataset '{cfg.dataset}': no folder data/{cfg.dataset}{closest(cfg.dataset, known)}")
+    known = sorted(p.name for p in (REPO_ROOT / "data").iterdir() if (p / "prepare.py").is_file())
+    if not cfg.dataset.strip() or "/" in cfg.dataset or not data_dir.is_dir():
+        raise UserError(f"unknown dataset '{cfg.dataset}': no folder data/{cfg.dataset}{closest(cfg.dataset, known)}; "
+                        f"the datasets are {', '.join(known)} (or give a folder with --data_dir)")
     return data_dir
 
 

@@ -66,6 +66,8 @@ def train(trained, *args, data=None, out=None, env=None):
     (["--dtype=float16"], ["float16 autocast is only used on CUDA"]),
     (["--dtype=fp8"], ["unknown dtype 'fp8'"]),
     (["--dataset=nope", "--data_dir="], None),
+    (["--dataset=", "--data_dir="], ["unknown dataset ''", "the datasets are", "qazdata_char"]),
+    (["--dataset=../data", "--data_dir="], ["unknown dataset '../data'", "--data_dir"]),
 ])
 def test_bad_config_values(trained, args, fragments):
     before = snapshot(trained / "out")
