@@ -28,7 +28,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import AbstractSet, Optional
 
 import configurator
 from kazgpt.checkpoint import load_model
@@ -93,30 +93,35 @@ def add_retrieval(score: dict, rank: Optional[int]) -> None:
     score["mrr@10"] = score.get("mrr@10", 0) + (1 / rank if rank else 0)
 
 
-def score_examples(examples: list[dict], modes: list[str], answer, prompt, out) -> dict[str, dict]:
+def score_examples(examples: list[dict], modes: list[str], answer, prompt, out,
+                   trained_questions: AbstractSet[str] = frozenset()) -> dict[str, dict[str, dict]]:
     """Ask every example in every mode (prompt(example, mode) -> (text, record), answer(text) ->
     prediction; None for either where the question cannot be asked), write one JSON line per
     answer to out, and return each mode's summed EM and F1 (and, where the record has a
-    gold_rank, retrieval recall@1/@5 and MRR@10)."""
+    gold_rank, retrieval recall@1/@5 and MRR@10), over all examples ("all") and over those whose
+    question is not in trained_questions ("unseen")."""
     from tqdm import tqdm
 
-    scores = {m: {"em": 0.0, "f1": 0.0, "n": 0, "skipped": 0} for m in modes}
+    scores = {subset: {m: {"em": 0.0, "f1": 0.0, "n": 0, "skipped": 0} for m in modes}
+              for subset in ("all", "unseen")}
     for ex in tqdm(examples, desc="questions", unit="q"):
         golds = [nfc(a).strip() for a in ex["answers"]["text"]] or [""]
+        question = clean_question(ex["question"])
+        subsets = ("all",) if question in trained_questions else ("all", "unseen")
         for mode in modes:
             text, record = prompt(ex, mode)
             prediction = answer(text) if text is not None else None
-            if prediction is None:  # too long for the context, or outside a char-level vocabulary: wrong
-                prediction, scores[mode]["skipped"] = "", scores[mode]["skipped"] + 1
+            skipped = prediction is None  # too long for the context, or outside a char-level vocabulary: wrong
+            prediction = prediction or ""
             em, f1 = exact_match(prediction, golds), token_f1(prediction, golds)
-            scores[mode]["em"] += em
-            scores[mode]["f1"] += f1
-            scores[mode]["n"] += 1
-            if "gold_rank" in record:
-                add_retrieval(scores[mode], record["gold_rank"])
-            out.write(json.dumps({"id": ex.get("id"), "mode": mode, "question": clean_question(ex["question"]),
-                                  "prediction": prediction, "answers": golds, "em": em, "f1": f1, **record},
-                                 ensure_ascii=False) + "\n")
+            for score in (scores[subset][mode] for subset in subsets):
+                score["em"], score["f1"], score["n"] = score["em"] + em, score["f1"] + f1, score["n"] + 1
+                score["skipped"] += skipped
+                if "gold_rank" in record:
+                    add_retrieval(score, record["gold_rank"])
+            out.write(json.dumps({"id": ex.get("id"), "mode": mode, "question": question, "prediction": prediction,
+                                  "answers": golds, "em": em, "f1": f1, "asked_in_training": len(subsets) == 1,
+                                  **record}, ensure_ascii=False) + "\n")
     return scores
 
 
@@ -142,9 +147,13 @@ def main() -> None:
     output = Path(cfg.output) if cfg.output else Path(cfg.out_dir) / f"eval_qa_{cfg.split}.jsonl"
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, cfg.checkpoint, device)
     check_output(output, made_by_eval_qa, "per-question results (--output)")
-    examples, what = held_out_examples(cfg.source, cfg.split)
+    examples, trained_questions, what = held_out_examples(cfg.source, cfg.split)
     examples = examples[: cfg.limit] if cfg.limit else examples
     print(f"asking {what}" + (f", first {len(examples)}" if cfg.limit else ""))
+    seen = sum(clean_question(ex["question"]) in trained_questions for ex in examples)
+    if seen:
+        print(f"{seen} of them are also asked, with the same answer or not, on a training passage: the second "
+              "table leaves those out")
 
     index = open_index(load_collection(cfg), cfg.index_dir) if "open" in modes else None
     if index is not None:
@@ -164,12 +173,14 @@ def main() -> None:
     tmp = temporary_name(output)  # renamed to output when complete; removed if the run stops
     try:
         with open(tmp, "w", encoding="utf-8") as out:
-            scores = score_examples(examples, modes, answer, make_prompter(tokenizer, model.config.block_size, index),
-                                    out)
+            prompter = make_prompter(tokenizer, model.config.block_size, index)
+            scores = score_examples(examples, modes, answer, prompter, out, trained_questions)
         commit({tmp: output})
     finally:
         tmp.unlink(missing_ok=True)
-    print_table(scores)
+    print_table(scores["all"], "all questions asked")
+    if seen:
+        print_table(scores["unseen"], f"the {len(examples) - seen} questions no training passage asks")
     print(f"per-question results: {output}")
 
 
@@ -177,9 +188,10 @@ def load_collection(cfg: EvalConfig) -> list[Passage]:
     return read_collection(cfg.collection) if cfg.collection else kazqad_collection(source_or_env(cfg.source))
 
 
-def print_table(scores: dict[str, dict]) -> None:
+def print_table(scores: dict[str, dict], title: str) -> None:
     retrieval = any("mrr@10" in s for s in scores.values())
-    print(f"\n{'mode':12s} {'questions':>9s} {'EM':>6s} {'F1':>6s}" + ("   R@1    R@5 MRR@10" if retrieval else ""))
+    print(f"\n{title}:\n{'mode':12s} {'questions':>9s} {'EM':>6s} {'F1':>6s}"
+          + ("   R@1    R@5 MRR@10" if retrieval else ""))
     for mode, s in scores.items():
         n = max(1, s["n"])
         line = f"{mode:12s} {s['n']:9d} {100 * s['em'] / n:6.1f} {100 * s['f1'] / n:6.1f}"

@@ -188,6 +188,23 @@ def _self_contained_spec(spec: dict, data_dir: Path, prepare: str) -> dict:
     return spec
 
 
+def largest_token_id(path: Path, tokens: int, chunk: int = 1 << 22) -> int:
+    """The largest id of a token file: of every id in a file of up to MAX_IDS_CHECKED tokens, else of
+    evenly spread chunks that add up to that many. Read chunk by chunk (not mapped), so that neither
+    time nor memory grows with the file (a memmap strided over a 17 GB file would touch every page)."""
+    if tokens <= MAX_IDS_CHECKED:
+        starts = range(0, tokens, chunk)
+    else:
+        starts = np.linspace(0, tokens - chunk, MAX_IDS_CHECKED // chunk).astype(np.int64)
+    largest = 0
+    with open(path, "rb") as f:
+        for start in starts:
+            f.seek(2 * int(start))
+            ids = np.frombuffer(f.read(2 * chunk), dtype=np.uint16)
+            largest = max(largest, int(ids.max()) if len(ids) else 0)
+    return largest
+
+
 def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: int, prepare: str,
                       vocab_size: int) -> None:
     size = path.stat().st_size
@@ -200,8 +217,7 @@ def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: in
     if tokens < block_size + 1:
         raise UserError(f"{path} holds {tokens} tokens, fewer than block_size+1 = {block_size + 1}: "
                         "use a smaller --block_size or more data")
-    ids = np.memmap(path, dtype=np.uint16, mode="r")
-    largest = int(ids[:: max(1, len(ids) // MAX_IDS_CHECKED)].max())  # every id of a small file, a sample of a big one
+    largest = largest_token_id(path, tokens)
     if largest >= vocab_size:
         raise UserError(f"{path} holds token id {largest} but the vocabulary has {vocab_size} entries: the files "
                         f"come from different tokenizers; run {prepare} again")

@@ -251,20 +251,23 @@ def split_text_corpus(text: str, name: str) -> tuple[list[str], list[str], str]:
                         f"so its {len(lines)} lines were split by lines, 90/10")
 
 
-def held_out_examples(source: Optional[str], split: str) -> tuple[list[dict], str]:
-    """The questions that are fair to ask a model trained on this source, and a line saying which.
-    With several splits, all of `split`; with one, only those of the passages that the 90/10
-    split held out of training (the same split load_kazqad_text makes)."""
+def held_out_examples(source: Optional[str], split: str) -> tuple[list[dict], set[str], str]:
+    """The questions that are fair to ask a model trained on this source, the questions its training
+    rows ask (KazQAD pairs a question with several passages, so a held-out passage's question may
+    also be asked on a training passage), and a line saying which were taken. With several splits,
+    all of `split` (training rows: the train split); with one, only those of the passages that the
+    90/10 split held out of training (the same split load_kazqad_text makes)."""
     splits = read_kazqad_examples(source_or_env(source))
     if split not in splits:
         raise UserError(f"the source has no '{split}' split (it has: {', '.join(sorted(splits))}): "
                         f"use --split={sorted(splits)[0]}")
     if len(splits) > 1:
-        return splits[split], f"all {len(splits[split])} questions of the {split} split"
-    _, examples, _ = split_rows(splits)
+        trained = {clean_question(r["question"]) for r in splits.get("train", [])}
+        return splits[split], trained, f"all {len(splits[split])} questions of the {split} split"
+    train, examples, _ = split_rows(splits)
     n_passages = len(kazqad_passages(examples))
-    return examples, (f"{len(examples)} questions of the {n_passages} passages held out of training "
-                      "(the source has one split)")
+    return examples, {clean_question(r["question"]) for r in train}, (
+        f"{len(examples)} questions of the {n_passages} passages held out of training (the source has one split)")
 
 
 def kazqad_arg_parser(doc: str) -> argparse.ArgumentParser:

@@ -52,6 +52,9 @@ def test_eval_qa_end_to_end(trained_char):
     assert "closed_book" in proc.stdout and "reading" in proc.stdout
     rows = [json.loads(l) for l in (out / "eval_qa_validation.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and {r["mode"] for r in rows} == {"closed_book", "reading"}
+    # the fixture asks the same questions on every passage, so each held-out question is also a training one
+    seen = sum(r["asked_in_training"] for r in rows if r["mode"] == "closed_book")
+    assert seen == 8 and "8 of them are also asked" in proc.stdout and "the 0 questions no training" in proc.stdout
     for r in rows:  # the per-question scores are the metric applied to what was predicted
         assert r["em"] == exact_match(r["prediction"], r["answers"]) and r["f1"] == token_f1(
             r["prediction"], r["answers"]
