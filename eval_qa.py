@@ -17,8 +17,9 @@ collapsed; with several gold answers the best one counts).
     python eval_qa.py --out_dir=out-qazdata-char --source=../shared/kazqad --split=validation
     python eval_qa.py --out_dir=out-qa --modes=open --collection=passages.txt
 
-When the source has a single split (so prepare.py split it 90/10 by passage), only the questions
-of the held-out passages are asked, so training answers are not scored. For scale, the KazQAD
+When the source has a single split (so prepare.py held out about 10% of its passages, those that
+share a question together), only the questions of the held-out passages are asked, so training
+answers are not scored; a question that a training passage also asks is scored apart. For scale, the KazQAD
 paper reports reading comprehension EM 38.5 / F1 54.2 (XLM-R reader) and open-domain QA
 EM 17.8 / F1 28.7.
 """

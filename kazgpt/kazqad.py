@@ -87,6 +87,43 @@ def split_documents(docs: list[str], val_fraction: float = VAL_FRACTION) -> tupl
     return [d for i, d in enumerate(docs) if i not in val_ids], [d for i, d in enumerate(docs) if i in val_ids]
 
 
+def held_out_passages(passages: dict[tuple[str, str], list[dict]],
+                      val_fraction: float = VAL_FRACTION) -> set[tuple[str, str]]:
+    """The passages a single-split KazQAD source holds out of training: whole groups of passages
+    that share a question (KazQAD asks one question on several passages, and a question asked on
+    both sides would be answered from memory), the groups with the smallest content hashes first,
+    until they hold val_fraction of the passages. Independent of file order."""
+    parent = {key: key for key in passages}
+
+    def root(key):
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    first_passage: dict[str, tuple[str, str]] = {}
+    for key, rows in passages.items():
+        for row in rows:
+            other = first_passage.setdefault(clean_question(row["question"]), key)
+            parent[root(key)] = root(other)
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for key in passages:
+        groups.setdefault(root(key), []).append(key)
+    if len(groups) < 2:
+        raise UserError(f"the source's {len(passages)} passage(s) share their questions, so no passage can be held "
+                        "out without its questions: at least 2 groups of passages are needed")
+
+    def digest(group: list[tuple[str, str]]) -> bytes:
+        return hashlib.sha1("".join(sorted(passage_document(*k, passages[k]) for k in group)).encode()).digest()
+
+    held: set[tuple[str, str]] = set()
+    for group in sorted(groups.values(), key=digest)[:-1]:  # the last group always trains
+        if len(held) >= max(1, round(val_fraction * len(passages))):
+            break
+        held.update(group)
+    return held
+
+
 # -----------------------------------------------------------------------------
 # reading a source
 
@@ -194,8 +231,9 @@ def load_kazqad_text(source: Optional[str], nq_translate: bool = False,
     """Train and val documents from any supported source, and a line describing how they were split.
 
     KazQAD with a train and a validation split: those splits (so val questions are never trained
-    on; the test split is left out for evaluation). One split only, or a plain .txt corpus
-    (documents separated by blank lines): a 90/10 split by document. With nq_translate, the
+    on; the test split is left out for evaluation). One split only: about 10% of the passages held
+    out, in groups that share a question (held_out_passages). A plain .txt corpus (documents
+    separated by blank lines): a 90/10 split by document. With nq_translate, the
     nq-translate-kk subset (hub, or nq_source) is added to the training documents only."""
     train, val, how = _load_main_text(source_or_env(source))
     if nq_translate or nq_source:
@@ -214,24 +252,22 @@ def _load_main_text(source: Optional[str]) -> tuple[list[str], list[str], str]:
         train, val = kazqad_documents(splits["train"]), kazqad_documents(splits["validation"])
         return train, val, (f"KazQAD train split -> train ({len(train)} passages), "
                             f"validation split -> val ({len(val)} passages)")
-    examples = [ex for name in sorted(splits) for ex in splits[name]]
-    train, val = split_documents(kazqad_documents(examples))
-    return train, val, f"KazQAD {'+'.join(sorted(splits))}: {len(train) + len(val)} passages, split 90/10 by passage"
+    train_rows, val_rows, how = split_rows(splits)
+    return kazqad_documents(train_rows), kazqad_documents(val_rows), how
 
 
 def split_rows(splits: dict[str, list[dict]]) -> tuple[list[dict], list[dict], str]:
     """KazQAD rows to train on and rows held out, split as load_kazqad_text splits the documents:
-    the train and validation splits where the source has both, else all rows, 90/10 by passage."""
+    the train and validation splits where the source has both, else all rows, with the passages of
+    held_out_passages held out."""
     if splits.get("train") and splits.get("validation"):
         return splits["train"], splits["validation"], "KazQAD train split -> train, validation split -> held out"
     passages = kazqad_passages(ex for name in sorted(splits) for ex in splits[name])
-    docs = {key: passage_document(*key, exs) for key, exs in passages.items()}
-    held_out = set(split_documents(list(docs.values()))[1])
-    train = [ex for key, exs in passages.items() if docs[key] not in held_out for ex in exs]
-    val = [ex for key, exs in passages.items() if docs[key] in held_out for ex in exs]
-    n_val = sum(docs[key] in held_out for key in passages)
-    return train, val, (f"KazQAD {'+'.join(sorted(splits))}: {len(passages) - n_val} passages -> train, "
-                        f"{n_val} held out (split 90/10 by passage)")
+    held_out = held_out_passages(passages)
+    train = [ex for key, exs in passages.items() if key not in held_out for ex in exs]
+    val = [ex for key, exs in passages.items() if key in held_out for ex in exs]
+    return train, val, (f"KazQAD {'+'.join(sorted(splits))}: {len(passages) - len(held_out)} passages -> train, "
+                        f"{len(held_out)} held out (about 10%, passages that share a question kept together)")
 
 
 def split_text_corpus(text: str, name: str) -> tuple[list[str], list[str], str]:
@@ -256,7 +292,7 @@ def held_out_examples(source: Optional[str], split: str) -> tuple[list[dict], se
     rows ask (KazQAD pairs a question with several passages, so a held-out passage's question may
     also be asked on a training passage), and a line saying which were taken. With several splits,
     all of `split` (training rows: the train split); with one, only those of the passages that the
-    90/10 split held out of training (the same split load_kazqad_text makes)."""
+    split held out of training (the same split load_kazqad_text makes)."""
     splits = read_kazqad_examples(source_or_env(source))
     if split not in splits:
         raise UserError(f"the source has no '{split}' split (it has: {', '.join(sorted(splits))}): "

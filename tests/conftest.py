@@ -42,7 +42,7 @@ def make_examples(n_passages: int = 12, questions_per_passage: int = 2) -> list[
                    f"Әріптер: {KAZAKH_LETTERS}. Өзен ұзындығы {100 + p} шақырым, ағысы күшті. ") * 3
         for q in range(questions_per_passage):
             rows.append({"id": f"{p}_{q}", "title": f"Тақырып {p}", "context": context,
-                         "question": f"Өзеннің ұзындығы қанша ({q})?",
+                         "question": f"Өзеннің ұзындығы қанша ({p}-{q})?",
                          "answers": {"text": [f"{100 + p} шақырым"], "answer_start": [0]}})
     return rows
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from kazgpt.cli import UserError
 from kazgpt.dataset import bits_per_byte
 from kazgpt.kazqad import load_kazqad_text
 from kazgpt.tokenizer import CharTokenizer, HFTokenizer, TiktokenTokenizer, train_byte_level_bpe
@@ -33,14 +34,36 @@ def test_layout_and_split(kazqad_src):
     doc = train[0]
     title, context, *qa = doc.rstrip("\n").split("\n")
     assert title == "Тақырып 0" and context.startswith("Бұл 0-мәтін.")
-    assert qa == ["Өзеннің ұзындығы қанша (0)?: 100 шақырым", "Өзеннің ұзындығы қанша (1)?: 100 шақырым"]
+    assert qa == ["Өзеннің ұзындығы қанша (0-0)?: 100 шақырым", "Өзеннің ұзындығы қанша (0-1)?: 100 шақырым"]
     assert set(val).isdisjoint(train)
+
+
+def test_held_out_passages_keep_their_shared_questions_together():
+    """KazQAD asks a question on several passages: passages that share one (here in chains: p shares
+    a question with p+1 within each block of three) are held out together or not at all."""
+    from kazgpt.kazqad import held_out_passages, kazqad_passages
+
+    rows = make_examples(30)
+    for row in rows:
+        p, q = (int(x) for x in row["question"].split("(")[1].rstrip(")?").split("-"))
+        if q == 1 and p % 3 != 2:
+            row["question"] = f"Ортақ сұрақ ({p})?"  # asked on p (as q 1) and on p+1 (as q 0, below)
+        if q == 0 and p % 3 != 0:
+            row["question"] = f"Ортақ сұрақ ({p - 1})?"
+    passages = kazqad_passages(rows)
+    held = held_out_passages(passages)
+    blocks = {int(title.split()[1]) // 3 for title, _ in held}
+    assert held == {key for key in passages if int(key[0].split()[1]) // 3 in blocks}  # whole blocks only
+    assert len(held) == 3  # 10% of 30 passages: one block
+    assert held_out_passages(dict(reversed(list(passages.items())))) == held  # not the file's order
+    with pytest.raises(UserError, match="share their questions"):
+        held_out_passages(kazqad_passages([dict(r, question="Бір сұрақ?") for r in rows]))
 
 
 def test_single_split_is_split_by_document(tmp_path):
     path = write_jsonl(tmp_path / "only.jsonl", make_examples(20))
     train, val, how = load_kazqad_text(str(path))
-    assert (len(train), len(val)) == (18, 2) and "90/10" in how
+    assert (len(train), len(val)) == (18, 2) and "2 held out" in how
     assert load_kazqad_text(str(path))[:2] == (train, val)  # deterministic
     text = tmp_path / "corpus.txt"
     text.write_text("\n\n".join(f"Құжат {i}\nжалғасы {i}" for i in range(30)), encoding="utf-8")

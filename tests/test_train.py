@@ -25,7 +25,7 @@ def test_quick_start_path(shared_kazqad, tmp_path):
     """prepare from ../shared/kazqad -> train -> checkpoint -> resume -> sample with --start."""
     data = tmp_path / "data"
     proc = run("data/qazdata_char/prepare.py", f"--source={shared_kazqad}", f"--out_dir={data}")
-    assert "split 90/10 by passage" in proc.stdout
+    assert "held out (about 10%, passages that share a question kept together)" in proc.stdout
     out = tmp_path / "out"
     train(data, out, "--max_iters=40", "--lr_decay_iters=60", "--eval_interval=20")
     evals = [e for e in read_log(out) if "val_loss" in e]
