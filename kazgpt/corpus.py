@@ -64,9 +64,14 @@ def iter_local_documents(path: Path, title_field: Optional[str] = None) -> Itera
                     if value is not None and not isinstance(value, str):
                         raise UserError(f"{f} row {n}: '{what}' is {type(value).__name__}, not text; "
                                         "fix or drop that row")
-                yield f"{title.strip()}\n{text}" if title and title.strip() else text
+                yield titled(title, text)
         except UnicodeDecodeError as e:
             raise UserError(f"{f} is not UTF-8 text (byte {e.start}): convert it to UTF-8 first") from None
+
+
+def titled(title: object, text: str) -> str:
+    """A document with its title as the first line, where it has one: '<title>\n<text>'."""
+    return f"{title.strip()}\n{text}" if isinstance(title, str) and title.strip() else text
 
 
 def _parquet_rows(f: Path, title_field: Optional[str]) -> Iterator[tuple[int, object, object]]:
@@ -121,8 +126,7 @@ def iter_hub_documents(hub_id: str, config: Optional[str] = None, title_field: O
         from datasets import load_dataset
 
         for row in load_dataset(hub_id, config, split="train", streaming=True):
-            title = row.get(title_field) if title_field else None
-            yield f"{title.strip()}\n{row['text']}" if isinstance(title, str) and title.strip() else row["text"]
+            yield titled(row.get(title_field) if title_field else None, row["text"])
     except UserError:
         raise
     except Exception as e:

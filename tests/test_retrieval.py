@@ -155,6 +155,15 @@ def test_kkwiki_prepare_on_local_articles(tmp_path):
     run("data/kkwiki/prepare.py", f"--source={tmp_path / 'wiki.jsonl'}", f"--out_dir={tmp_path / 'again'}",
         f"--tokenizer={out}", "--val_fraction=0.2", "--num_proc=1")
     assert (tmp_path / "again" / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
+    # the hub's files are parquet with the same columns: the same articles, the same tokens
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({k: [a[k] for a in articles] for k in ("id", "title", "text")}), tmp_path / "wiki.parquet")
+    run("data/kkwiki/prepare.py", f"--source={tmp_path / 'wiki.parquet'}", f"--out_dir={tmp_path / 'pq'}",
+        f"--tokenizer={out}", "--val_fraction=0.2", "--num_proc=1")
+    for split in ("train", "val"):
+        assert (tmp_path / "pq" / f"{split}.bin").read_bytes() == (tmp_path / "again" / f"{split}.bin").read_bytes()
     bad = run("data/kkwiki/prepare.py", f"--source={tmp_path / 'wiki.jsonl'}", f"--out_dir={tmp_path / 'x'}",
               f"--tokenizer={tmp_path}", check=False)
     assert_one_line_error(bad, "no tokenizer.json")
