@@ -157,7 +157,10 @@ def main() -> None:
         return
     prompt = read_text_arg(cfg.start, "start")
     if cfg.context or cfg.collection:  # --start is the question
-        prompt, source = ask(" ".join(prompt.split()).removesuffix(":"))
+        question = " ".join(prompt.split()).removesuffix(":")
+        if not question:
+            raise UserError("--start is empty: with --context or --collection it is the question to ask")
+        prompt, source = ask(question)
         if source:
             print(source, flush=True)
     ids = encode_prompt(tokenizer, prompt)

@@ -134,6 +134,7 @@ def test_sample_answers_from_a_collection_with_its_source(bpe_model, tmp_path):
     assert proc.stdout.startswith("[source: Абай]\nАбай\n")
     bad = run("sample.py", *common, "--context=Мәтін.", "--start=Сұрақ?", check=False)
     assert_one_line_error(bad, "--context and --collection")
+    assert_one_line_error(run("sample.py", *common, "--start= :", check=False), "--start is empty")
 
 
 def test_kkwiki_prepare_on_local_articles(tmp_path):
