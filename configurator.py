@@ -91,6 +91,13 @@ def load_config(config_cls: type[Config], argv: list[str], verbose: bool = True,
     """An instance of config_cls with the config files and --key=value overrides of argv applied.
     `retired` maps keys that are gone to what to use instead (for configs written for nanoGPT or an
     older version of this repo)."""
+    return config_cls(**load_overrides(config_cls, argv, verbose, retired))
+
+
+def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = True,
+                   retired: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """The values that the config files and --key=value flags of argv set, checked against
+    config_cls (load_config's work, for a caller that needs to know which keys were given)."""
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     hints = typing.get_type_hints(config_cls)
     values: dict[str, Any] = {}
@@ -117,7 +124,7 @@ def load_config(config_cls: type[Config], argv: list[str], verbose: bool = True,
         else:
             for key, value in read_config_file(arg).items():
                 apply(key, value, f"config file {arg}", from_cli=False)
-    return config_cls(**values)
+    return values
 
 
 def config_dict(config: Any) -> dict[str, Any]:

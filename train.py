@@ -33,7 +33,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import torch
 from torch import distributed as dist
@@ -236,8 +236,9 @@ LOCK_FILE = ".kazgpt-train.lock"
 def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool):
     """Make out_dir this run's: it must be a writable folder that no other train.py is using (the
     returned open lock file holds it until this process ends), and one that holds no earlier run
-    unless this run resumes it or was told to replace it (overwrite, which deletes the old run's
-    files). Temporary checkpoint files of a run killed while saving are removed (only those)."""
+    unless this run resumes it or was told to replace it (overwrite: RunLog deletes the old run's
+    files once everything else has started). Temporary checkpoint files of a run killed while saving
+    are removed (only those)."""
     import fcntl
 
     if out_dir.exists() and not out_dir.is_dir():
@@ -262,8 +263,6 @@ def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool):
             hint = "continue it with --init_from=resume, " if resumable else "it has no checkpoint to resume; "
             raise UserError(f"out_dir {out_dir} already holds a run ({', '.join(earlier)}): {hint}"
                             "choose another --out_dir, or replace it with --overwrite")
-        for name in earlier:
-            (out_dir / name).unlink()
     remove_stale_checkpoint_temporaries(out_dir)
     return lock
 
@@ -349,6 +348,19 @@ def build_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, Optio
         raise UserError(f"block_size {cfg.block_size} is larger than {cfg.init_from}'s {model.config.block_size}: "
                         f"use --block_size={model.config.block_size} or less")
     return model, checkpoint, made_with
+
+
+ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "bias")  # fixed by the weights a run starts from
+
+
+def check_architecture(cfg: TrainConfig, model: GPT, given: Collection[str]) -> None:
+    """A shape asked for (in a config file or flag) that the weights of init_from do not have cannot
+    be honoured: refused, rather than silently taken from the weights."""
+    for key in ARCHITECTURE_KEYS:
+        if key in given and getattr(cfg, key) != getattr(model.config, key):
+            raise UserError(f"{key}={getattr(cfg, key)} cannot be honoured: init_from={cfg.init_from} gives a model "
+                            f"with {key}={getattr(model.config, key)}; leave {key} out, or train from scratch "
+                            "(--init_from=scratch) into a new --out_dir")
 
 
 def optimizer_name(cfg: TrainConfig, resuming: bool, made_with: Optional[str]) -> str:
@@ -444,9 +456,10 @@ class CheckpointWriter:
 
 class RunLog:
     """The run's record: out_dir/log.jsonl (for plot.py and comparisons) and, if asked, wandb. Rank 0
-    only; it also keeps rank 0's lock on out_dir (from claim_out_dir) until it is closed."""
+    only; it also keeps rank 0's lock on out_dir (from claim_out_dir) until it is closed. A run that
+    replaces an earlier one (replace_earlier) deletes that run's files here, once wandb has started."""
 
-    def __init__(self, out_dir: Path, cfg: TrainConfig, active: bool, lock=None):
+    def __init__(self, out_dir: Path, cfg: TrainConfig, active: bool, lock=None, replace_earlier: bool = False):
         self.lock, self.file, self.wandb = lock, None, None
         if active and cfg.wandb_log:  # first: a wandb that cannot start leaves no log.jsonl in the way of a re-run
             import wandb
@@ -457,6 +470,9 @@ class RunLog:
                 raise UserError(f"wandb could not start ({type(e).__name__}: {str(e).strip()[:150]}): run `wandb "
                                 "login`, or set WANDB_MODE=offline, or leave out --wandb_log") from None
             self.wandb = wandb
+        if active and replace_earlier:
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
         self.file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if active else None
 
     def record(self, entry: dict) -> None:
@@ -581,7 +597,8 @@ def train_step(model, raw_model: GPT, optimizers: list, scaler, batches, batch: 
 
 
 def main() -> int:
-    cfg = configurator.load_config(TrainConfig, sys.argv[1:], verbose=is_rank0(), retired=RETIRED_KEYS)
+    given = configurator.load_overrides(TrainConfig, sys.argv[1:], verbose=is_rank0(), retired=RETIRED_KEYS)
+    cfg = TrainConfig(**given)
     check_ranges(cfg)
 
     # ---- processes and devices ----
@@ -605,8 +622,9 @@ def main() -> int:
 
     # ---- model and optimizer ----
     out_dir = Path(cfg.out_dir)
-    out_lock = claim_out_dir(out_dir, cfg.init_from == "resume", cfg.overwrite) if procs.master else None
     raw_model, checkpoint, made_with = build_model(cfg, meta, out_dir)  # the plain module, for checkpoints and MFU
+    if cfg.init_from != "scratch":
+        check_architecture(cfg, raw_model, given)
     raw_model.to(device)
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
@@ -617,6 +635,9 @@ def main() -> int:
     iter_num, best_val_loss = (0, math.inf) if checkpoint is None else \
         load_training_state(checkpoint, optimizers, scaler, procs.rank)
     checkpoint = None  # free memory
+    # out_dir is claimed only now, so that a run refused above has created and changed nothing
+    resuming = cfg.init_from == "resume"
+    out_lock = claim_out_dir(out_dir, resuming, cfg.overwrite) if procs.master else None
     model = raw_model  # what the loop calls: maybe compiled, maybe DDP-wrapped
     if use_compile:
         print0("compiling the model...")
@@ -625,7 +646,7 @@ def main() -> int:
         model = DDP(model, device_ids=[procs.local_rank] if device.startswith("cuda") else None)
 
     # ---- training loop ----
-    run_log = RunLog(out_dir, cfg, procs.master, out_lock)
+    run_log = RunLog(out_dir, cfg, procs.master, out_lock, replace_earlier=cfg.overwrite and not resuming)
     writer = CheckpointWriter(out_dir, raw_model, optimizers, opt_name, scaler, meta, cfg, procs)
     stop = StopSignal(cfg.eval_only)
     speed = SpeedMeter(raw_model, tokens_per_iter, procs.world_size, device_peak_flops(device, dtype), iter_num)

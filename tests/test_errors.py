@@ -165,6 +165,22 @@ def test_resume_without_checkpoint(trained, tmp_path):
     assert_one_line_error(train(trained, "--init_from=resume", out=tmp_path / "empty"), "no checkpoint at")
 
 
+@pytest.mark.parametrize("args, key", [
+    (["--init_from=resume", "--n_layer=3"], "n_layer=3"),
+    (["--init_from=resume", "--n_embd=48"], "n_embd=48"),
+    (["--init_from={out}", "--n_head=1"], "n_head=1"),
+    (["--init_from={out}", "--bias=True"], "bias=True"),
+])
+def test_shape_the_weights_do_not_have_is_refused(trained, tmp_path, args, key):
+    """A model shape asked for beside init_from (resume, or a run to finetune) that its weights do not
+    have cannot be honoured: one line, not a run with the checkpoint's shape."""
+    before = snapshot(trained / "out")
+    args = [a.format(out=trained / "out") for a in args]
+    out = trained / "out" if "resume" in args[0] else tmp_path / "new"
+    assert_one_line_error(train(trained, *args, out=out), key, "cannot be honoured")
+    assert snapshot(trained / "out") == before and not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "version", "pickle"])
 def test_bad_checkpoint(trained, tmp_path, damage):
     out = tmp_path / "out"

@@ -4,6 +4,7 @@ environment set wrong, wandb that cannot start, log files with foreign lines, ba
 Each case: exit code 2, exactly one 'error:' line, no traceback, nothing that existed changed."""
 import errno
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -186,6 +187,20 @@ def test_wandb_without_login_leaves_nothing_in_the_way(trained, tmp_path):
     assert not (out / "log.jsonl").exists()
     run("train.py", "config/train_qazdata_char.py", f"--data_dir={trained / 'data'}", f"--out_dir={out}", *TINY_MODEL,
         "--max_iters=1")  # the same out_dir works at once without wandb
+
+
+@pytest.mark.parametrize("refusal", ["wandb", "shape"])
+def test_overwrite_that_fails_to_start_keeps_the_earlier_run(trained, tmp_path, refusal):
+    """--overwrite replaces an earlier run only once the new one has started: refused by wandb, or by a
+    shape its init_from cannot give, the earlier run's files are all still there, unchanged."""
+    out = tmp_path / "run"
+    shutil.copytree(trained / "out", out)
+    before = snapshot(out)
+    env = {"WANDB_API_KEY": "", "WANDB_MODE": "online", "WANDB_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    args = ["--wandb_log=True"] if refusal == "wandb" else [f"--init_from={trained / 'out'}", "--n_layer=5"]
+    proc = train(trained, "--overwrite", *args, env=env, out=out)
+    assert_one_line_error(proc, "wandb could not start" if refusal == "wandb" else "cannot be honoured")
+    assert snapshot(out) == before
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**62), "1" * 30])
