@@ -20,7 +20,7 @@ quickstart: install
 qa: install
 	$(PYTHON) data/qazdata_bpe/prepare.py
 	$(PYTHON) train.py config/train_qa_pretrain.py --overwrite
-	$(PYTHON) data/qazdata_qa/prepare.py --block_size=128 --cloze=20
+	$(PYTHON) data/qazdata_qa/prepare.py --block_size=128 --cloze=20 --question_loss
 	$(PYTHON) train.py config/finetune_qa.py --overwrite
 	$(PYTHON) eval_qa.py --out_dir=out-qa --device=cpu --modes=closed_book,reading,open
 

@@ -10,7 +10,10 @@ layout and answered greedily (KV cache) until the end of the answer's line, in t
                 source, or --collection) in place of the question's own; retrieval recall@1, recall@5
                 and MRR@10 against the question's own passage are reported beside EM/F1
 
-and scored with Exact Match and token F1, SQuAD-style, normalized for Kazakh (lower-casing that
+With a passage (reading, open) the answer is kept to a span of whole words of the passage in the
+prompt, the model choosing where it starts and stops (--extractive=True, kazgpt/engine.py's
+SpanConstraint); --extractive=False lets the model write anything. Answers are
+scored with Exact Match and token F1, SQuAD-style, normalized for Kazakh (lower-casing that
 covers әғқңөұүһі, punctuation turned into spaces so that 'Г.Мендель' is two words, spaces
 collapsed; with several gold answers the best one counts).
 
@@ -35,7 +38,7 @@ import configurator
 from kazgpt.checkpoint import load_model
 from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
-from kazgpt.engine import first_line, stream_text
+from kazgpt.engine import first_line, line_end_tokens, passage_constraint, stream_text
 from kazgpt.files import check_output, commit, temporary_name
 from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_key, source_or_env
 from kazgpt.qa_examples import question_prompt
@@ -57,6 +60,9 @@ class EvalConfig:
     collection: Optional[str] = None  # open mode's passages: a .txt or .jsonl file; None: every passage of the source
     index_dir: str = "data/bm25"  # where retrieval indexes are saved (one per collection), built on first use
     max_new_tokens: int = 64
+    # reading and open answers are spans of the passage in the prompt, the model picking where each starts and
+    # ends (kazgpt.engine.SpanConstraint); False: whatever the model writes
+    extractive: bool = True
     limit: Optional[int] = None  # ask only the first N questions
     output: Optional[str] = None  # per-question JSON Lines; None: <out_dir>/eval_qa_<split>.jsonl
     device: Optional[str] = None
@@ -161,6 +167,8 @@ def main() -> None:
         print(f"open mode: BM25 over {len(index.passages)} passages "
               f"({cfg.collection or 'every passage of the source'})")
 
+    end_tokens = line_end_tokens(tokenizer)
+
     def answer(prompt: str) -> Optional[str]:
         """The greedy answer: the rest of the prompt's line; None for a prompt that cannot be encoded
         (characters outside a char-level vocabulary)."""
@@ -168,8 +176,9 @@ def main() -> None:
             ids = tokenizer.encode(prompt)
         except UserError:
             return None
+        constraint = passage_constraint(tokenizer, prompt, end_tokens) if cfg.extractive else None
         return "".join(first_line(stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype,
-                                              greedy=True))).strip()
+                                              greedy=True, constraint=constraint))).strip()
 
     tmp = temporary_name(output)  # renamed to output when complete; removed if the run stops
     try:

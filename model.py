@@ -282,10 +282,12 @@ def _model_dtype(model: GPT, idx: torch.Tensor) -> torch.dtype:
 def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
                     generator: Optional[torch.Generator] = None, vocab_size: Optional[int] = None,
-                    decode_step=decode_one_token) -> Iterator[torch.Tensor]:
+                    decode_step=decode_one_token, constraint=None) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens new tokens (B, 1) one at a time, with a KV cache and the window policy
     described at the top of this file. Only ids below vocab_size are sampled (the model's own
-    vocabulary may be padded past its tokenizer's). `decode_step` may be a compiled decode_one_token."""
+    vocabulary may be padded past its tokenizer's). `decode_step` may be a compiled decode_one_token.
+    `constraint`, if given, has mask(logits) -> logits, applied before each choice, and step(token),
+    told each token chosen (kazgpt.engine.SpanConstraint keeps an answer to runs of a passage)."""
     vocab = vocab_size or model.config.vocab_size
     block = model.config.block_size
     keep = max(1, block // 2)
@@ -293,7 +295,10 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperat
     tokens = idx
     logits = prefill(model, tokens[:, -block:], cache)
     for _ in range(max_new_tokens):
-        nxt = sample_next_token(logits[:, :vocab], temperature, top_k, top_p, greedy, generator)
+        logits = logits[:, :vocab] if constraint is None else constraint.mask(logits[:, :vocab])
+        nxt = sample_next_token(logits, temperature, top_k, top_p, greedy, generator)
+        if constraint is not None:
+            constraint.step(nxt.item())
         yield nxt
         tokens = torch.cat([tokens, nxt], dim=1)
         if cache.length == block:  # the window is full: slide it to the last `keep` tokens

@@ -23,7 +23,7 @@ import configurator
 from kazgpt.checkpoint import load_model
 from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
-from kazgpt.engine import first_line, stream_text
+from kazgpt.engine import first_line, line_end_tokens, passage_constraint, stream_text
 from kazgpt.kazqad import nfc
 from kazgpt.qa_examples import question_prompt
 from kazgpt.retrieval import open_index, read_collection
@@ -53,6 +53,9 @@ class SampleConfig:
     # layout with the passage BM25 finds for it, whose title is shown first
     collection: Optional[str] = None
     index_dir: str = "data/bm25"  # where the collection's index is saved, built on first use
+    # with --context or --collection, answers are spans of the passage, the model choosing where each starts and
+    # ends (kazgpt.engine.SpanConstraint); False: whatever the model writes
+    extractive: bool = True
 
 
 def check_ranges(cfg: SampleConfig) -> None:
@@ -100,8 +103,8 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 
 def answer_questions(lines, tokenizer, generate, ask) -> None:
     """Interactive mode: each line read is a question, asked in the training layout by ask(question)
-    -> (prompt, a line to show before the answer or None); the answer streams back until its line
-    ends. A question that cannot be asked is reported and the session goes on."""
+    -> (prompt, a line to show before the answer or None); the answer, generate(ids, prompt), streams
+    back until its line ends. A question that cannot be asked is reported and the session goes on."""
     print("Ask a question (Ctrl-D to end).", file=sys.stderr)
     for line in lines:
         question = " ".join(nfc(line).split())
@@ -115,7 +118,7 @@ def answer_questions(lines, tokenizer, generate, ask) -> None:
             continue
         if source:
             print(source, flush=True)
-        for piece in first_line(generate(ids)):
+        for piece in first_line(generate(ids, prompt)):
             print(piece, end="", flush=True)
         print(flush=True)
 
@@ -149,8 +152,14 @@ def main() -> None:
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, cfg.checkpoint, device)
     decode_step = torch.compile(decode_one_token) if cfg.compile else decode_one_token
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    generate = lambda ids: stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype, cfg.temperature,
-                                       cfg.top_k, cfg.top_p, generator=generator, decode_step=decode_step)
+    extract = bool(cfg.context or cfg.collection) and cfg.extractive
+    end_tokens = line_end_tokens(tokenizer) if extract else []
+
+    def generate(ids: list[int], prompt: str):
+        """The streamed continuation of a prompt; a reading prompt's answer kept to its passage if extract."""
+        constraint = passage_constraint(tokenizer, prompt, end_tokens) if extract else None
+        return stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype, cfg.temperature, cfg.top_k,
+                           cfg.top_p, generator=generator, decode_step=decode_step, constraint=constraint)
     ask = make_asker(cfg, tokenizer, model.config.block_size)
     if cfg.interactive:
         answer_questions(sys.stdin, tokenizer, generate, ask)
@@ -164,9 +173,10 @@ def main() -> None:
         if source:
             print(source, flush=True)
     ids = encode_prompt(tokenizer, prompt)
+    asking = bool(cfg.context or cfg.collection)
     for _ in range(cfg.num_samples):
         print(prompt, end="", flush=True)
-        for piece in generate(ids):
+        for piece in first_line(generate(ids, prompt)) if asking else generate(ids, prompt):  # an answer is a line
             print(piece, end="", flush=True)
         print("\n---------------", flush=True)
 

@@ -1,8 +1,13 @@
 """Text out of a model as it is generated: sample.py streams samples and answers with it, and
-eval_qa.py collects answers. An answer is the rest of the line after '<question>:'."""
+eval_qa.py collects answers. An answer is the rest of the line after '<question>:'.
+
+An answer read from a passage may be kept extractive (SpanConstraint): every token chosen must
+continue a run of the passage's own tokens, so the answer is a span of the passage, as an
+extractive reader's is; the model still decides where the span starts and where it ends.
+"""
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -33,17 +38,85 @@ class StreamDecoder:
         return text
 
 
+class SpanConstraint:
+    """Keeps a generated answer to a contiguous run of whole words of `source` (token ids), then one
+    of `end_tokens`. word_starts[p] says whether a word starts at source token p (a span starts only
+    there, and ends only before one or at the end); None: at every token. `at` holds the positions
+    in source where the answer so far could end; None before the first token."""
+
+    def __init__(self, source: Sequence[int], end_tokens: Iterable[int],
+                 word_starts: Optional[Sequence[bool]] = None):
+        self.source, self.end_tokens = list(source), sorted(set(end_tokens))
+        if not self.end_tokens:
+            raise ValueError("a span constraint needs a token that can end the answer")
+        self.word_starts = list(word_starts) if word_starts is not None else [True] * len(self.source)
+        self.word_starts.append(True)  # the end of the source ends a word
+        self.at: Optional[set[int]] = None
+
+    def allowed(self) -> list[int]:
+        """The tokens that keep the answer a span of whole words of source, and the end where one may end."""
+        ends = set(self.end_tokens)
+        if self.at is None:
+            starts = {t for p, t in enumerate(self.source) if self.word_starts[p]} - ends
+            return sorted(starts) or self.end_tokens
+        following = {self.source[p + 1] for p in self.at if p + 1 < len(self.source)}
+        may_end = not self.at or any(self.word_starts[p + 1] for p in self.at)
+        return sorted(following | ends if may_end else following - ends)
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """(1, vocab) logits with every token not allowed set to -inf."""
+        keep = torch.zeros(logits.size(-1), dtype=torch.bool, device=logits.device)
+        keep[[t for t in self.allowed() if t < logits.size(-1)]] = True
+        return logits.masked_fill(~keep, float("-inf"))
+
+    def step(self, token: int) -> None:
+        if token in self.end_tokens:  # the answer has ended: only ends from here on
+            self.at = set()
+        elif self.at is None:
+            self.at = {p for p, t in enumerate(self.source) if t == token and self.word_starts[p]}
+        else:
+            self.at = {p + 1 for p in self.at if p + 1 < len(self.source) and self.source[p + 1] == token}
+
+
+def word_starts(pieces: Sequence[str]) -> list[bool]:
+    """For the text pieces of consecutive tokens: whether a word starts at each, that is the piece
+    begins with a character that is not a letter or digit, or follows one that ends so. A piece that
+    is part of a character (U+FFFD, a split UTF-8 sequence) counts as a letter."""
+    def is_word(ch: str) -> bool:
+        return ch.isalnum() or ch == "\ufffd"
+
+    return [i == 0 or not pieces[i] or not is_word(pieces[i][0]) or not pieces[i - 1] or not is_word(pieces[i - 1][-1])
+            for i in range(len(pieces))]
+
+
+def line_end_tokens(tokenizer: Tokenizer) -> list[int]:
+    """The ids whose text holds a newline (what ends an answer)."""
+    return [i for i in range(tokenizer.vocab_size) if "\n" in tokenizer.decode([i])]
+
+
+def passage_constraint(tokenizer: Tokenizer, prompt: str, end_tokens: list[int]) -> Optional[SpanConstraint]:
+    """For a reading prompt ('<title>\\n<passage>\\n<question>:', the question on its last line), the
+    constraint that keeps the answer to a span of whole words of title and passage; None for a
+    closed-book prompt."""
+    if "\n" not in prompt or not end_tokens:  # closed-book, or a vocabulary without a line end
+        return None
+    source = tokenizer.encode(prompt[:prompt.rindex("\n") + 1])
+    return SpanConstraint(source, end_tokens, word_starts([tokenizer.decode([t]) for t in source]))
+
+
 def stream_text(model: GPT, tokenizer: Tokenizer, ids: list[int], max_new_tokens: int, device: str, dtype: str,
                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
                 greedy: bool = False, generator: Optional[torch.Generator] = None,
-                decode_step=decode_one_token) -> Iterator[str]:
+                decode_step=decode_one_token, constraint: Optional[SpanConstraint] = None) -> Iterator[str]:
     """The text of a continuation of `ids`, piece by piece as it is generated. Only ids the tokenizer
-    has are sampled (the model's vocabulary may be padded past it)."""
+    has are sampled (the model's vocabulary may be padded past it); a constraint (SpanConstraint)
+    narrows them further."""
     decoder = StreamDecoder(tokenizer)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     with torch.no_grad(), autocast_context(device, dtype):
         for token in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, greedy, generator,
-                                     vocab_size=tokenizer.vocab_size, decode_step=decode_step):
+                                     vocab_size=tokenizer.vocab_size, decode_step=decode_step,
+                                     constraint=constraint):
             piece = decoder.add(token.item())
             if piece:
                 yield piece

@@ -10,8 +10,9 @@ no answer to centre on, so it gets the sentences around the one sharing the most
 question (focus_span); eval_qa.py and sample.py --context cut their prompts that way.
 
 Cloze pseudo-questions (cloze_examples) make many more reading examples out of plain passages:
-one span of a sentence (a number, a name, else a longer word) is replaced by CLOZE_BLANK, the
-sentence becomes the question and the span its answer.
+one span of a sentence (a number, a name, else a longer word) is replaced by a Kazakh question
+word in the span's case (Kazakh asks in place: 'Абай 1845 жылы туған' -> 'Абай қай жылы туған?'),
+the sentence becomes the question and the span its answer.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from kazgpt.kazqad import clean_question, format_qa, nfc, passage_header, passag
 from kazgpt.tokenizer import Tokenizer
 
 ANSWER_RESERVE = 16  # tokens kept free after a reading prompt for the answer (training and answering alike)
-CLOZE_BLANK = "___"
 LOSS, START = 1, 2  # bits of a mask file: the token is an answer token / the first token of an example
 
 # a sentence ends at . ! ? or … followed by space and anything but a lower-case letter or digit, or at a line end
@@ -176,18 +176,73 @@ def cloze_kind(word: re.Match) -> Optional[str]:
     return "word" if len(text) >= 5 else None
 
 
-def cloze_span(sentence: str, rng: random.Random) -> Optional[tuple[int, int, str]]:
-    """The span of a sentence to blank out and its kind, preferring numbers, then names, then longer
-    words (cloze_kind); None for sentences under 5 words."""
+def cloze_spans(sentence: str, count: int, rng: random.Random) -> list[tuple[int, int, str]]:
+    """Up to count spans of distinct words of a sentence to ask about, with their kinds, preferring
+    numbers, then names, then longer words (cloze_kind); none for sentences under 5 words. A name
+    runs on over the capitalized words after it (Ахмет Байтұрсынов), a number over the short unit
+    words after it (510 млн км), up to MAX_SPAN_WORDS, and a word over the next lower-case word in
+    a share WORD_PAIRS of spans (мұрын қуысы), as KazQAD's answers do (2.05 words on average)."""
     words = list(re.finditer(r"\w[\w-]*", sentence))
     if len(words) < 5:
-        return None
+        return []
+    chosen = []
     for kind in CLOZE_KINDS:
-        candidates = [w for w in words if cloze_kind(w) == kind]
-        if candidates:
-            chosen = rng.choice(candidates)
-            return chosen.start(), chosen.end(), kind
-    return None
+        candidates = [i for i, w in enumerate(words) if cloze_kind(w) == kind]
+        for i in rng.sample(candidates, len(candidates)):
+            j, longest = i + 1, MAX_SPAN_WORDS if kind != "word" else 1 + (rng.random() < WORD_PAIRS)
+            while j < min(len(words), i + longest) and _runs_on(words[j], kind) and \
+                    sentence[words[j - 1].end():words[j].start()] == " ":
+                j += 1
+            chosen.append((words[i].start(), words[j - 1].end(), kind))
+    return chosen[:count]
+
+
+MAX_SPAN_WORDS = 3
+WORD_PAIRS = 1 / 3
+
+
+def _runs_on(word: re.Match, kind: str) -> bool:
+    """Whether a word after a cloze answer belongs to it: a capitalized word after a name, a short
+    lower-case unit after a number."""
+    text = word.group()
+    if kind == "name":
+        return text[0].isupper()
+    return text.islower() and (len(text) <= 3 if kind == "number" else len(text) >= 3)
+
+
+# the question word that asks for a span, by the span's case ending (checked longest first): a number
+# is asked with қанша, or қай before a noun of time; a name with кім or не; another word with не
+_CASES = (("ның", "нің", "дың", "дің", "тың", "тің"), ("нан", "нен", "дан", "ден", "тан", "тен"),
+          ("ға", "ге", "қа", "ке", "на", "не"), ("ды", "ді", "ты", "ті", "ны", "ні"), ("да", "де", "та", "те"))
+_ASKED_IN_CASE = {"кім": ("кімнің", "кімнен", "кімге", "кімді", "кімде"),
+                  "не": ("ненің", "неден", "неге", "нені", "неде")}
+_TIME_NOUNS = ("жыл", "ғасыр", "ай", "күн", "сағат")
+
+
+def question_word(answer: str, kind: str, following: str, rng: random.Random) -> str:
+    """A Kazakh question word to stand in place of the answer span, in the answer's case."""
+    if kind == "number":
+        return "қай" if following.lower().startswith(_TIME_NOUNS) else "қанша"
+    base = rng.choice(("кім", "не")) if kind == "name" else "не"
+    for endings, asked in zip(_CASES, _ASKED_IN_CASE[base]):
+        if len(answer) > 4 and answer.lower().endswith(endings):
+            return asked
+    return base
+
+
+QUESTION_WORD_DROP = 0.2  # the share of a cloze question's other words left out
+
+
+def cloze_question(sentence: str, span: tuple[int, int, str], rng: random.Random) -> str:
+    """The sentence with the span replaced by its question word, ending in '?', and a share
+    QUESTION_WORD_DROP of its other words left out: a real question shares only some words with
+    the sentence that answers it, so the model must not rely on matching it word for word."""
+    a, b, kind = span
+    asked = question_word(sentence[a:b], kind, sentence[b:].strip(), rng)
+    before, after = sentence[:a].split(), sentence[b:].split()
+    kept = [w for w in before if rng.random() >= QUESTION_WORD_DROP] + [asked] + \
+        [w for w in after if rng.random() >= QUESTION_WORD_DROP]
+    return " ".join(kept).rstrip(" .!…") + "?"
 
 
 def cloze_pools(passages: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -203,51 +258,72 @@ def cloze_pools(passages: list[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def swap_for(answer: str, kind: str, pools: dict[str, list[str]], rng: random.Random) -> str:
-    """Another span of the answer's kind: a number of as many digits, or a name or word of the pools."""
-    if kind == "number":
-        return "".join(str(rng.randint(1 if i == 0 and c != "0" else 0, 9)) if c.isdigit() else c
-                       for i, c in enumerate(answer))
-    choices = [w for w in pools[kind] if w != answer]
-    return rng.choice(choices) if choices else answer
+    """Another span of the answer's kind, word by word: digits redrawn (as many, no leading zero),
+    a name or word of the pools for each name or word (a unit after a number is kept)."""
+    def swap_word(word: str) -> str:
+        if any(c.isdigit() for c in word):
+            return "".join(str(rng.randint(1 if i == 0 and c != "0" else 0, 9)) if c.isdigit() else c
+                           for i, c in enumerate(word))
+        if kind == "number":
+            return word
+        choices = [w for w in pools[kind] if w != word]
+        return rng.choice(choices) if choices else word
+
+    return " ".join(swap_word(w) for w in answer.split(" "))
+
+
+SPANS_PER_SENTENCE = 2  # cloze questions asked of one sentence, on distinct words
 
 
 def cloze_examples(passages: Iterable[tuple[str, str]], per_passage: int, tokenizer: Tokenizer, block_size: int,
                    seed: int = 0) -> list[QAExample]:
-    """Up to per_passage cloze reading examples from each (title, passage): distinct sentences, one
-    blank each, the same for the same passages and seed. The blanked span is swapped, in the whole
+    """Up to per_passage cloze reading examples from each (title, passage): up to SPANS_PER_SENTENCE
+    per sentence, the same for the same passages and seed. The asked span is swapped, in the whole
     passage, title and question, for another of its kind (swap_for), so that a model that remembers
     the passage from pretraining still has to read the answer off the prompt."""
     passages = list(passages)
     pools, examples = cloze_pools(passages), []
     for title, context in passages:
-        rng = random.Random(f"{seed}:{title}:{context}")
+        rng, made = random.Random(f"{seed}:{title}:{context}"), 0
         spans = sentence_spans(context)
-        for a, b in rng.sample(spans, len(spans))[:per_passage]:
+        for a, b in rng.sample(spans, len(spans)):
             sentence = context[a:b].strip()
-            span = cloze_span(sentence, rng)
-            if span is None:
-                continue
-            start = a + (len(context[a:b]) - len(context[a:b].lstrip())) + span[0]
-            answer = sentence[span[0]:span[1]]
-            new = swap_for(answer, span[2], pools, rng)
-            whole = re.compile(rf"(?<!\w){re.escape(answer)}(?!\w)")
-            new_start = start + len(whole.findall(context[:start])) * (len(new) - len(answer))
-            question = sentence[:span[0]] + CLOZE_BLANK + sentence[span[1]:]
-            question = " ".join(whole.sub(new, question).split()).rstrip(" .")
-            example = reading_example(whole.sub(new, title), whole.sub(new, context), question, new, new_start,
-                                      tokenizer, block_size)
-            if example is not None:
-                examples.append(example)
+            start = a + len(context[a:b]) - len(context[a:b].lstrip())
+            for span in cloze_spans(sentence, min(SPANS_PER_SENTENCE, per_passage - made), rng):
+                example = _cloze_example(title, context, sentence, start, span, pools, tokenizer, block_size, rng)
+                if example is not None:
+                    examples.append(example)
+                    made += 1
     return examples
 
 
-def encode_examples(examples: list[QAExample], tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+def _cloze_example(title: str, context: str, sentence: str, sentence_start: int, span: tuple[int, int, str],
+                   pools: dict[str, list[str]], tokenizer: Tokenizer, block_size: int,
+                   rng: random.Random) -> Optional[QAExample]:
+    """The reading example asking for one span of a sentence of context, swapped (cloze_examples)."""
+    answer = sentence[span[0]:span[1]]
+    new = swap_for(answer, span[2], pools, rng)
+    whole = re.compile(rf"(?<!\w){re.escape(answer)}(?!\w)")
+    start = sentence_start + span[0]
+    new_start = start + len(whole.findall(context[:start])) * (len(new) - len(answer))
+    question = whole.sub(new, cloze_question(sentence, span, rng))
+    return reading_example(whole.sub(new, title), whole.sub(new, context), question, new, new_start,
+                           tokenizer, block_size)
+
+
+def encode_examples(examples: list[QAExample], tokenizer: Tokenizer,
+                    question_loss: bool = False) -> tuple[list[int], list[int]]:
     """Token ids of the examples one after another (each ended by the end-of-text token where the
-    tokenizer has one) and their mask: START on each example's first token, LOSS on answer tokens."""
+    tokenizer has one) and their mask: START on each example's first token, LOSS on answer tokens,
+    and with question_loss on the tokens of the question line too (a reading example's question
+    repeats words of its passage, so predicting them trains the copying an answer needs)."""
     ids, mask = [], []
     for ex in examples:
-        prompt, answer = tokenizer.encode(ex.prompt), tokenizer.encode(ex.answer)
+        cut = ex.prompt.rfind("\n") + 1  # the question line starts here (0: a closed-book prompt)
+        head, question = tokenizer.encode(ex.prompt[:cut]) if cut else [], tokenizer.encode(ex.prompt[cut:])
+        answer = tokenizer.encode(ex.answer)
         end = [tokenizer.eot_token] if tokenizer.eot_token is not None else []
-        ids += prompt + answer + end
-        mask += [START] + [0] * (len(prompt) - 1) + [LOSS] * len(answer) + [0] * len(end)
+        ids += head + question + answer + end
+        marks = [0] * len(head) + [LOSS if question_loss else 0] * len(question) + [LOSS] * len(answer)
+        mask += [START] + marks[1:] + [0] * len(end)  # the first token follows another example: never counted
     return ids, mask

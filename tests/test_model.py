@@ -94,3 +94,59 @@ def test_loss_and_generate_shapes():
     assert logits.shape == (2, 24, 50) and loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
     assert model(idx)[0].shape == (2, 1, 50)
     assert model.generate(idx[:, :3], 40, greedy=True).shape == (2, 43)
+
+
+def word_spans(source: list[int], starts: list[bool]) -> tuple[set, set]:
+    """Brute force: the prefixes of spans that start at a word start, and the spans that also end at one."""
+    ends = starts + [True]
+    prefixes = {tuple(source[i:j]) for i in range(len(source)) for j in range(i + 1, len(source) + 1) if starts[i]}
+    whole = {tuple(source[i:j]) for i in range(len(source)) for j in range(i + 1, len(source) + 1)
+             if starts[i] and ends[j]}
+    return prefixes, whole
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_span_constraint_against_brute_force(greedy):
+    """Constrained decoding from a random model: at every step the allowed tokens are exactly those
+    that keep the answer a run of the source starting at a word start (brute force over all its
+    spans), plus the end where the run ends before a word start; what is generated is such a span."""
+    from kazgpt.engine import SpanConstraint
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    end = 31
+    for trial in range(8):
+        g = torch.Generator().manual_seed(trial)
+        source = torch.randint(0, 8, (20,), generator=g).tolist()
+        starts = (torch.rand(20, generator=g) < (1.0 if trial == 0 else 0.5)).tolist()
+        prefixes, whole = word_spans(source, starts)
+        constraint, answer = SpanConstraint(source, [end], starts), []
+        assert set(constraint.allowed()) == {s[0] for s in prefixes}
+        for token in generate_tokens(model, torch.randint(0, 30, (1, 5)), 12, greedy=greedy, constraint=constraint,
+                                     generator=g):
+            token = token.item()
+            if token == end:
+                break
+            answer.append(token)
+            expected = {t for t in range(32) if tuple(answer + [t]) in prefixes} | ({end} if tuple(answer) in whole
+                                                                                     else set())
+            assert set(constraint.allowed()) == expected
+        assert tuple(answer) in whole or len(answer) == 12
+
+
+def test_word_starts_of_text_pieces():
+    from kazgpt.engine import word_starts
+    assert word_starts(["Абай", " 18", "45", " ж", "ылы", ".", "\n", "Ол", "\ufffd", "\ufffdр"]) == [
+        True, True, False, True, False, True, True, True, False, False]
+
+
+def test_span_constraint_leaves_an_allowed_argmax_alone():
+    """Where the model's own greedy choice continues a run of the source, the constraint changes nothing."""
+    from kazgpt.engine import SpanConstraint
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(block_size=64, vocab_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    idx = torch.randint(0, 16, (1, 6))
+    free = [t.item() for t in generate_tokens(model, idx, 8, greedy=True)]
+    constrained = [t.item() for t in generate_tokens(model, idx, 8, greedy=True, constraint=SpanConstraint(free, [15]))]
+    assert constrained == free
+    other = [t.item() for t in generate_tokens(model, idx, 8, greedy=True, constraint=SpanConstraint([3, 4], [15]))]
+    assert other[0] in (3, 4) and set(other) <= {3, 4, 15}

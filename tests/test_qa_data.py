@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import KAZQAD_VAL, run
 from kazgpt.dataset import ExampleSplit, get_batch, batch_generator, open_token_files
 from kazgpt.kazqad import passage_key, read_kazqad_examples, split_rows
-from kazgpt.qa_examples import (CLOZE_BLANK, LOSS, START, QAExample, cloze_examples, encode_examples, first_answer,
+from kazgpt.qa_examples import (LOSS, START, QAExample, cloze_examples, cloze_question, encode_examples, first_answer,
                                 fit_passage, question_prompt, reading_example, sentence_spans)
 from kazgpt.tokenizer import CharTokenizer
 from model import GPT, GPTConfig
@@ -19,7 +19,7 @@ from model import GPT, GPTConfig
 
 def char_tokenizer(rows: list[dict]) -> CharTokenizer:
     text = "".join(r["title"] + r["context"] + r["question"] + "".join(r["answers"]["text"]) for r in rows)
-    return CharTokenizer("".join(sorted(set(text) | set(f"\n :{CLOZE_BLANK}"))))
+    return CharTokenizer("".join(sorted(set(text) | set("\n :"))))
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +77,38 @@ def test_cloze_answers_are_swapped_so_they_must_be_read():
     """A cloze example's answer is a stand-in of the blanked span's kind, written into the passage in
     place of the original everywhere; the original is gone from the prompt."""
     context = "Абай 1845 жылы Шыңғыс тауында туған. Ол 1845 жылы ақын болды. Абай қазақ ақыны, ойшыл."
-    tokenizer = CharTokenizer("".join(sorted(set(context + "\n :_" + "0123456789"))))
+    tokenizer = CharTokenizer("".join(sorted(set(context + "\n :?" + "0123456789кімнеңдгтіқайш"))))
+    made = 0
     for seed in range(5):
         for ex in cloze_examples([("Абай", context)], 3, tokenizer, 200, seed):
             question, answer = ex.prompt.split("\n")[-1], ex.answer.strip()
-            assert CLOZE_BLANK in question and answer in ex.prompt.split("\n")[1]
+            assert question.endswith("?:") and answer not in question and answer in ex.prompt.split("\n")[1]
             if answer.isdigit():
-                assert len(answer) == 4 and "1845" not in ex.prompt
+                assert len(answer) == 4 and "1845" not in ex.prompt and "қай" in question.split()
+            made += 1
+    assert made >= 10
+
+
+@pytest.mark.parametrize("sentence, word, kind, asked", [
+    ("Абай 1845 жылы Шыңғыс тауында туған.", "1845", "number", "Абай қай жылы Шыңғыс тауында туған?"),
+    ("Көлдің ұзындығы 605 км.", "605", "number", "Көлдің ұзындығы қанша км?"),
+    ("Ол Құнанбайдың ұлы болды.", "Құнанбайдың", "name", ("Ол кімнің ұлы болды?", "Ол ненің ұлы болды?")),
+    ("Күріш Сырдарияда егіледі.", "Сырдарияда", "name", ("Күріш кімде егіледі?", "Күріш неде егіледі?")),
+    ("Жасушада энергия митохондрияда түзіледі.", "энергия", "word", "Жасушада не митохондрияда түзіледі?"),
+])
+def test_cloze_question_asks_in_place_in_the_answers_case(sentence, word, kind, asked, monkeypatch):
+    import random
+    monkeypatch.setattr("kazgpt.qa_examples.QUESTION_WORD_DROP", 0.0)
+    a = sentence.index(word)
+    question = cloze_question(sentence, (a, a + len(word), kind), random.Random(0))
+    assert question in ((asked,) if isinstance(asked, str) else asked)
+    monkeypatch.setattr("kazgpt.qa_examples.QUESTION_WORD_DROP", 0.5)  # words left out, never the question word
+    others = set(sentence.rstrip(".").split()) - {word}
+    for seed in range(20):
+        dropped = cloze_question(sentence, (a, a + len(word), kind), random.Random(seed)).removesuffix("?").split()
+        assert sum(w not in others for w in dropped) == 1 and set(dropped) & others <= others
+    assert any(len(cloze_question(sentence, (a, a + len(word), kind), random.Random(s)).split()) < len(question.split())
+               for s in range(20))
 
 
 def test_mask_marks_answers_and_starts():
@@ -91,6 +116,10 @@ def test_mask_marks_answers_and_starts():
     ids, mask = encode_examples([QAExample("ab:", " c\n"), QAExample("c:", " a\n")], tokenizer)
     assert tokenizer.decode(ids) == "ab: c\nc: a\n"
     assert mask == [START, 0, 0, LOSS, LOSS, LOSS, START, 0, LOSS, LOSS, LOSS]
+    tokenizer = CharTokenizer("abcxy:\n ")
+    ids, mask = encode_examples([QAExample("xy\nab:", " c\n"), QAExample("c:", " a\n")], tokenizer, question_loss=True)
+    assert tokenizer.decode(ids) == "xy\nab: c\nc: a\n"  # the question line counts too, never an example's first token
+    assert mask == [START, 0, 0, LOSS, LOSS, LOSS, LOSS, LOSS, LOSS, START, LOSS, LOSS, LOSS, LOSS]
 
 
 def test_loss_counts_answer_tokens_only_by_hand(tmp_path):
@@ -138,7 +167,8 @@ def test_prepare_cloze_from_train_passages_only_and_finetune_checks_tokenizer(ka
     held_out = {passage_key(r) for r in val_rows}
     train_passages = {passage_key(r) for r in train_rows}
     texts = tokenizer.decode(open_token_files(qa, "qa")["train"].tokens).split("<|endoftext|>")
-    cloze = [t for t in texts if CLOZE_BLANK in t]
+    asked = {" ".join(r["question"].split()) for r in train_rows}
+    cloze = [t for t in texts if t.strip() and t.split("\n")[-2].rsplit(": ", 1)[0] not in asked]  # 'question: answer'
     assert len(cloze) > 300
     for text in cloze:
         lines = text.split("\n")  # title, the passage's lines, 'question: answer', ''

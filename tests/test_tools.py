@@ -163,6 +163,13 @@ def test_questions_about_a_passage(trained_char, tmp_path):
     proc = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", f"--context=FILE:{passage}",
                "--start=Ұзындығы?", "--num_samples=1", "--max_new_tokens=5")
     assert proc.stdout.startswith("Т\nӨзен 101 км. Ағысы күшті.\nҰзындығы?:")
+    for extractive in ("True", "False"):
+        proc = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", f"--context=FILE:{passage}",
+                   "--start=Ұзындығы?", "--num_samples=3", "--max_new_tokens=12", f"--extractive={extractive}")
+        answers = [s.split("?:", 1)[1].strip() for s in proc.stdout.split("---------------") if "?:" in s]
+        assert len(answers) == 3 and all("\n" not in a for a in answers)
+        if extractive == "True":  # spans of the title and passage, whatever the sampled model prefers
+            assert all(a in "Т\nӨзен 101 км. Ағысы күшті." for a in answers), answers
     proc = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", "--interactive",
                f"--context=FILE:{passage}", "--max_new_tokens=20",
                input_text="Ұзындығы?\nӨзеннің ұзындығы қанша шақырым, ағысы күшті ме, қанша?\nАғысы?\n")

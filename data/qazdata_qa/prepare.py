@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="data/qazdata_bpe", help="a prepared dataset folder, or gpt2")
     parser.add_argument("--block_size", type=int, default=128, help="tokens an example may take (prompt and answer)")
     parser.add_argument("--cloze", type=int, default=20, help="cloze pseudo-questions per training passage, at most")
+    parser.add_argument("--question_loss", action="store_true",
+                        help="train examples count the loss on the question's tokens too (val: answers only)")
     parser.add_argument("--seed", type=int, default=0, help="picks the cloze sentences and spans, and the order")
     args = parser.parse_args()
     if args.block_size < 32 or args.cloze < 0:
@@ -63,12 +65,13 @@ def main() -> None:
           f"answer not found or too long), {len(cloze)} cloze examples; val: {len(val)} examples")
     train += cloze
     random.Random(args.seed).shuffle(train)  # kinds mixed, so packed windows hold a mix
-    train_ids, train_mask = encode_examples(train, tokenizer)
+    train_ids, train_mask = encode_examples(train, tokenizer, args.question_loss)
     val_ids, val_mask = encode_examples(val, tokenizer)
     write_dataset(out_dir, train_ids, val_ids, tokenizer, None, masks=(train_mask, val_mask),
-                  extra_meta={"kind": "qa", "block_size": args.block_size}, extra_files=tokenizer_files)
+                  extra_meta={"kind": "qa", "block_size": args.block_size, "question_loss": args.question_loss},
+                  extra_files=tokenizer_files)
     print(f"{len(train_ids):,} train and {len(val_ids):,} val tokens ({sum(m & 1 for m in train_mask):,} train "
-          f"answer tokens): wrote {out_dir}/train.bin, val.bin, train.mask, val.mask, meta.json")
+          f"tokens the loss counts): wrote {out_dir}/train.bin, val.bin, train.mask, val.mask, meta.json")
 
 
 if __name__ == "__main__":
