@@ -331,9 +331,11 @@ def finetuned_model(cfg: TrainConfig, meta: dict, path: Path) -> tuple[GPT, str]
     return model, checkpoint.get("optimizer_name", "adamw")
 
 
-def build_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, Optional[dict], Optional[str]]:
+def build_model(cfg: TrainConfig, meta: dict, out_dir: Path,
+                given: Collection[str]) -> tuple[GPT, Optional[dict], Optional[str]]:
     """The model to train, the checkpoint it resumes from (None unless init_from=resume), and the
-    optimizer its weights were trained with (None from scratch)."""
+    optimizer its weights were trained with (None from scratch). `given`: the keys the config files
+    and flags set (a shape among them must be the weights' own, check_architecture)."""
     checkpoint, made_with = None, None
     if cfg.init_from == "scratch":
         model = new_model(cfg, meta["vocab_size"])
@@ -347,7 +349,20 @@ def build_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, Optio
     if model.config.block_size < cfg.block_size:  # a resumed or pretrained model has its own context length
         raise UserError(f"block_size {cfg.block_size} is larger than {cfg.init_from}'s {model.config.block_size}: "
                         f"use --block_size={model.config.block_size} or less")
+    if cfg.init_from != "scratch":
+        check_architecture(cfg, model, given)
     return model, checkpoint, made_with
+
+
+def wrapped_model(raw_model: GPT, use_compile: bool, procs: Processes) -> torch.nn.Module:
+    """The model the training loop calls: maybe compiled, maybe DDP-wrapped."""
+    model = raw_model
+    if use_compile:
+        print0("compiling the model...")
+        model = torch.compile(model)
+    if procs.ddp:
+        model = DDP(model, device_ids=[procs.local_rank] if procs.device.startswith("cuda") else None)
+    return model
 
 
 ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "bias")  # fixed by the weights a run starts from
@@ -622,9 +637,7 @@ def main() -> int:
 
     # ---- model and optimizer ----
     out_dir = Path(cfg.out_dir)
-    raw_model, checkpoint, made_with = build_model(cfg, meta, out_dir)  # the plain module, for checkpoints and MFU
-    if cfg.init_from != "scratch":
-        check_architecture(cfg, raw_model, given)
+    raw_model, checkpoint, made_with = build_model(cfg, meta, out_dir, given)  # plain module: checkpoints, MFU
     raw_model.to(device)
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
@@ -638,12 +651,7 @@ def main() -> int:
     # out_dir is claimed only now, so that a run refused above has created and changed nothing
     resuming = cfg.init_from == "resume"
     out_lock = claim_out_dir(out_dir, resuming, cfg.overwrite) if procs.master else None
-    model = raw_model  # what the loop calls: maybe compiled, maybe DDP-wrapped
-    if use_compile:
-        print0("compiling the model...")
-        model = torch.compile(model)
-    if procs.ddp:
-        model = DDP(model, device_ids=[procs.local_rank] if device.startswith("cuda") else None)
+    model = wrapped_model(raw_model, use_compile, procs)  # what the loop calls
 
     # ---- training loop ----
     run_log = RunLog(out_dir, cfg, procs.master, out_lock, replace_earlier=cfg.overwrite and not resuming)

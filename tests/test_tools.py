@@ -117,6 +117,10 @@ def test_export_round_trip(trained_char, tmp_path, kind):
     folder = tmp_path / "hf"
     run("export_hf.py", f"--out_dir={out}", f"--export_dir={folder}")
     assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+    # the padding rows of the vocabulary (to a multiple of 64) are not exported, so never sampled
+    meta = (data if kind == "kazakh_bpe" else trained_char / "data") / "meta.json"
+    vocab = json.loads(meta.read_text())["vocab_size"]
+    assert vocab % 64 and json.loads((folder / "config.json").read_text())["vocab_size"] == vocab
     prompt = "Өзеннің ұзындығы қанша (0)?:"
     ours = run(
         "sample.py",
