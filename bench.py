@@ -17,7 +17,6 @@ with index build time and questions per second.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from kazgpt.checkpoint import model_from_checkpoint
-from kazgpt.cli import UserError, run_main
+from kazgpt.cli import ArgumentParser, UserError, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch
 from kazgpt.files import check_output, write_files_atomically
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
@@ -354,7 +353,7 @@ def check_args(args, names: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--models", default="quickstart,char", help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)

@@ -2,6 +2,7 @@
 in a DDP run only rank 0 prints."""
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import sys
@@ -26,6 +27,17 @@ def run_main(main: Callable[[], Any]) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     sys.exit(code or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the prepare scripts and bench.py, keeping the one-line promise: a bad option is
+    a UserError (`error: ...`, exit code 2, no usage dump), not argparse's usage and message."""
+
+    def __init__(self, doc: str):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
 
 
 def is_rank0() -> bool:

@@ -18,7 +18,7 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from kazgpt.cli import UserError
+from kazgpt.cli import ArgumentParser, UserError
 from kazgpt.dataset import DATASET_FILES, meta_text
 from kazgpt.files import remove_stale_temporaries, temporary_name, write_files_atomically
 from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
@@ -26,9 +26,9 @@ from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
 BATCH_BYTES = 1 << 20  # text per worker task
 
 
-def corpus_arg_parser(doc: str, val_fraction: float) -> argparse.ArgumentParser:
+def corpus_arg_parser(doc: str, val_fraction: float) -> ArgumentParser:
     """The options every corpus prepare script takes; check_corpus_args checks them."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(doc)
     parser.add_argument("--source", default=None, help="local files or folder (default: stream from the hub)")
     parser.add_argument("--out_dir", default=None, help="where to write (default: the script's folder)")
     parser.add_argument("--val_fraction", type=float, default=val_fraction, help="of the documents, by hash")

@@ -12,7 +12,6 @@ so that a prompt '<question>:' leads the model into ' <answer>' and a newline en
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from kazgpt.cli import UserError
+from kazgpt.cli import ArgumentParser, UserError
 
 KAZQAD_HUB_ID = ("issai/kazqad", "kazqad")
 NQ_TRANSLATE_HUB_ID = ("issai/kazqad", "nq-translate-kk")  # ~61k machine-translated triples, same schema
@@ -306,9 +305,9 @@ def held_out_examples(source: Optional[str], split: str) -> tuple[list[dict], se
         f"{len(examples)} questions of the {n_passages} passages held out of training (the source has one split)")
 
 
-def kazqad_arg_parser(doc: str) -> argparse.ArgumentParser:
+def kazqad_arg_parser(doc: str) -> ArgumentParser:
     """The options every KazQAD prepare script takes."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(doc)
     parser.add_argument("--source", default=None, help="KazQAD JSON Lines file or folder, or a .txt corpus "
                         f"(default: ${KAZQAD_SOURCE_ENV}, else the hub)")
     parser.add_argument("--nq_translate", action="store_true",

@@ -309,3 +309,19 @@ def test_resume_from_a_damaged_training_state(trained, tmp_path, damage):
                "--init_from=resume", check=False)
     assert_one_line_error(proc, "training state does not load", "--init_from=<the checkpoint file>")
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("script, args, fragment", [
+    ("data/qazdata_char/prepare.py", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("data/qazdata_qa/prepare.py", ["--question_loss=yes"], "ignored explicit argument 'yes'"),
+    ("data/qazdata_bpe/prepare.py", ["--vocab_size=many"], "invalid int value: 'many'"),
+    ("data/kkwiki/prepare.py", ["--num_proc"], "expected one argument"),
+    ("data/openwebtext/prepare.py", ["--val_fraction=x"], "invalid float value: 'x'"),
+    ("bench.py", ["--iters=ten"], "invalid int value: 'ten'"),
+])
+def test_bad_options_of_the_argparse_scripts_are_one_line(script, args, fragment, tmp_path):
+    """The prepare scripts and bench.py parse options with argparse; a bad one is one `error:` line
+    (no usage dump), and nothing is written."""
+    proc = run(script, *args, f"--out_dir={tmp_path / 'out'}" if "prepare" in script else "--models=", check=False)
+    assert_one_line_error(proc, fragment, "--help")
+    assert "usage:" not in proc.stderr and not (tmp_path / "out").exists()
