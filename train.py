@@ -233,19 +233,34 @@ RUN_FILES = ("ckpt.pt", "best.pt", "log.jsonl")  # what a run writes into out_di
 LOCK_FILE = ".kazgpt-train.lock"
 
 
-def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool):
+def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool, create: bool):
     """Make out_dir this run's: it must be a writable folder that no other train.py is using (the
     returned open lock file holds it until this process ends), and one that holds no earlier run
     unless this run resumes it or was told to replace it (overwrite: RunLog deletes the old run's
-    files once everything else has started). Temporary checkpoint files of a run killed while saving
-    are removed (only those)."""
-    import fcntl
-
+    files once everything else has started). train.py calls it twice: first with create=False, before
+    anything is loaded, which checks and locks an out_dir that exists (None if it does not); then,
+    once the run is ready to start, with create=True, which makes a missing out_dir and locks it."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"out_dir {out_dir} is a file, not a folder: choose another --out_dir")
     if resume and not out_dir.exists():  # nothing to resume: create nothing either
         raise UserError(f"no checkpoint at {out_dir} (the folder does not exist): train one first "
                         "(init_from=scratch), or point --out_dir at a folder holding ckpt.pt")
+    if not out_dir.exists() and not create:
+        return None
+    lock = _lock_out_dir(out_dir)
+    earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if earlier and not resume and not overwrite:
+        resumable = "ckpt.pt" in earlier or "best.pt" in earlier
+        hint = "continue it with --init_from=resume, " if resumable else "it has no checkpoint to resume; "
+        raise UserError(f"out_dir {out_dir} already holds a run ({', '.join(earlier)}): {hint}"
+                        "choose another --out_dir, or replace it with --overwrite")
+    return lock
+
+
+def _lock_out_dir(out_dir: Path):
+    """out_dir (made if missing) locked for this process: the open lock file, or a UserError."""
+    import fcntl
+
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = open(out_dir / LOCK_FILE, "a")
@@ -256,14 +271,6 @@ def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool):
     except BlockingIOError:
         raise UserError(f"another train.py is writing to {out_dir}: wait for it to end, or choose another "
                         "--out_dir") from None
-    earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
-    if earlier and not resume:
-        if not overwrite:
-            resumable = "ckpt.pt" in earlier or "best.pt" in earlier
-            hint = "continue it with --init_from=resume, " if resumable else "it has no checkpoint to resume; "
-            raise UserError(f"out_dir {out_dir} already holds a run ({', '.join(earlier)}): {hint}"
-                            "choose another --out_dir, or replace it with --overwrite")
-    remove_stale_checkpoint_temporaries(out_dir)
     return lock
 
 
@@ -636,7 +643,8 @@ def main() -> int:
            f"vocab {meta['vocab_size']}")
 
     # ---- model and optimizer ----
-    out_dir = Path(cfg.out_dir)
+    out_dir, resuming = Path(cfg.out_dir), cfg.init_from == "resume"
+    early_lock = claim_out_dir(out_dir, resuming, cfg.overwrite, create=False) if procs.master else None
     raw_model, checkpoint, made_with = build_model(cfg, meta, out_dir, given)  # plain module: checkpoints, MFU
     raw_model.to(device)
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")
@@ -648,9 +656,10 @@ def main() -> int:
     iter_num, best_val_loss = (0, math.inf) if checkpoint is None else \
         load_training_state(checkpoint, optimizers, scaler, procs.rank)
     checkpoint = None  # free memory
-    # out_dir is claimed only now, so that a run refused above has created and changed nothing
-    resuming = cfg.init_from == "resume"
-    out_lock = claim_out_dir(out_dir, resuming, cfg.overwrite) if procs.master else None
+    # a missing out_dir is made only now, so that a run refused above has created and changed nothing
+    out_lock = early_lock or claim_out_dir(out_dir, resuming, cfg.overwrite, create=True) if procs.master else None
+    if procs.master:  # what a run killed while saving left: its temporary files, only those
+        remove_stale_checkpoint_temporaries(out_dir)
     model = wrapped_model(raw_model, use_compile, procs)  # what the loop calls
 
     # ---- training loop ----
