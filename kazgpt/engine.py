@@ -2,8 +2,8 @@
 eval_qa.py collects answers. An answer is the rest of the line after '<question>:'.
 
 An answer read from a passage may be kept extractive (SpanConstraint): every token chosen must
-continue a run of the passage's own tokens, so the answer is a span of the passage, as an
-extractive reader's is; the model still decides where the span starts and where it ends.
+continue a run of whole words of the passage's own tokens, so the answer is a span of the passage,
+as an extractive reader's is; the model still decides where the span starts and where it ends.
 """
 from __future__ import annotations
 
