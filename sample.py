@@ -152,7 +152,8 @@ def main() -> None:
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, cfg.checkpoint, device)
     decode_step = torch.compile(decode_one_token) if cfg.compile else decode_one_token
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    extract = bool(cfg.context or cfg.collection) and cfg.extractive
+    asking = bool(cfg.context or cfg.collection)  # --start and each interactive line are questions
+    extract = asking and cfg.extractive
     end_tokens = line_end_tokens(tokenizer) if extract else []
 
     def generate(ids: list[int], prompt: str):
@@ -165,7 +166,7 @@ def main() -> None:
         answer_questions(sys.stdin, tokenizer, generate, ask)
         return
     prompt = read_text_arg(cfg.start, "start")
-    if cfg.context or cfg.collection:  # --start is the question
+    if asking:  # --start is the question
         question = " ".join(prompt.split()).removesuffix(":")
         if not question:
             raise UserError("--start is empty: with --context or --collection it is the question to ask")
@@ -173,7 +174,6 @@ def main() -> None:
         if source:
             print(source, flush=True)
     ids = encode_prompt(tokenizer, prompt)
-    asking = bool(cfg.context or cfg.collection)
     for _ in range(cfg.num_samples):
         print(prompt, end="", flush=True)
         for piece in first_line(generate(ids, prompt)) if asking else generate(ids, prompt):  # an answer is a line
