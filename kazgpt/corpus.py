@@ -216,8 +216,10 @@ def write_streamed_dataset(out_dir: Path, docs: Iterable[str], tokenizer: Tokeni
                             "use more data or a larger --val_fraction")
         # complete files replace the old ones only now, with meta.json, all together
         meta = meta_text(tokenizer.spec, tokenizer.vocab_size, counts, totals["val_bytes"])
-        write_files_atomically(out_dir, {"meta.json": meta, **(extra_files or {})},
-                               written={p: out_dir / f"{split}.bin" for split, p in tmp.items()})
+        contents = {"meta.json": meta, **(extra_files or {})}
+        written = {p: out_dir / f"{split}.bin" for split, p in tmp.items()}
+        write_files_atomically(out_dir, contents, written, obsolete=tuple(
+            n for n in DATASET_FILES if n not in contents and out_dir / n not in written.values()))
     finally:  # no partial files are left behind; the old dataset stays as it was
         for f in files.values():
             f.close()

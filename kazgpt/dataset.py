@@ -38,7 +38,28 @@ def dataset_out_dir(path: Optional[str], script: str) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out_dir {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(out)
     return out
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse, before any work, a folder whose dataset files a prepare script could not replace:
+    one of those names taken by a folder, or files of those names without the meta.json of a dataset
+    of this repo beside them (a user's own files: nothing this repo made is overwritten)."""
+    present = [name for name in DATASET_FILES if (out_dir / name).exists()]
+    for name in present:
+        if not (out_dir / name).is_file():
+            raise UserError(f"{out_dir / name} is not a file: move it away, or choose another --out_dir")
+    if not present:
+        return
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+        ours = isinstance(meta, dict) and "vocab_size" in meta and isinstance(meta.get("tokenizer"), dict)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise UserError(f"{out_dir} holds {', '.join(present)} but no meta.json of a dataset prepared here: "
+                        "they are not a dataset this repo made; choose another --out_dir, or move them away")
 
 
 def encode_documents(docs: list[str], tokenizer: Tokenizer, desc: str) -> tuple[list[int], int]:
@@ -93,7 +114,7 @@ def write_dataset(out_dir: Path, train_ids, val_ids, tokenizer: Tokenizer, val_t
             files[f"{split}.mask"] = np.asarray(masks[i], dtype=np.uint8).tobytes()
     files["meta.json"] = meta_text(tokenizer.spec, tokenizer.vocab_size, counts, val_text_bytes, extra_meta)
     remove_stale_temporaries(out_dir, DATASET_FILES)
-    write_files_atomically(out_dir, files)
+    write_files_atomically(out_dir, files, obsolete=tuple(n for n in DATASET_FILES if n not in files))
 
 
 def meta_text(tokenizer_spec: dict, vocab_size: int, counts: dict[str, int], val_text_bytes: Optional[int],

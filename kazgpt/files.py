@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Callable, Union
@@ -54,20 +55,57 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def commit(written: dict[Path, Path]) -> None:
-    """Rename finished temporary files (temporary -> target) into place, all or none on a signal."""
+def _keep_old(target: Path) -> Path:
+    """A second name for the file at target (a hard link, or a copy where links are not allowed),
+    so that target can be put back if the commit fails."""
+    old = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}-old")
+    old.unlink(missing_ok=True)
+    try:
+        os.link(target, old)
+    except OSError:
+        shutil.copy2(target, old)
+    return old
+
+
+def commit(written: dict[Path, Path], obsolete: tuple[Path, ...] = ()) -> None:
+    """Rename finished temporary files (temporary -> target) into place and delete the obsolete
+    files, all or none: a signal waits until the end, and a rename that fails puts every file
+    already replaced back (each old file keeps a second name until the commit is done)."""
+    targets = [*written.values(), *(p for p in obsolete if p.is_file())]
     with signals_held():
-        for tmp, target in written.items():
-            os.replace(tmp, target)
-    for folder in {target.parent for target in written.values()}:
+        old, done = {}, []
+        try:
+            for target in targets:
+                if target.is_file():
+                    old[target] = _keep_old(target)
+            for tmp, target in written.items():
+                os.replace(tmp, target)
+                done.append(target)
+            for target in obsolete:
+                target.unlink(missing_ok=True)
+        except BaseException:
+            for target in done:  # the new files out, the old ones back
+                if target in old:
+                    os.replace(old.pop(target), target)
+                else:
+                    target.unlink(missing_ok=True)
+            for target in obsolete:
+                if target in old and not target.exists():
+                    os.replace(old.pop(target), target)
+            raise
+        finally:
+            for kept in old.values():
+                kept.unlink(missing_ok=True)
+    for folder in {target.parent for target in targets}:
         fsync_folder(folder)
 
 
 def write_files_atomically(folder: Path, contents: dict[str, Union[bytes, str]],
-                           written: dict[Path, Path] | None = None) -> None:
+                           written: dict[Path, Path] | None = None, obsolete: tuple[str, ...] = ()) -> None:
     """Write the named files of folder (bytes, or str as UTF-8), and commit them together with
-    temporary files already written (temporary -> target). A failure removes every temporary file
-    and leaves folder as it was."""
+    temporary files already written (temporary -> target) and the deletion of the obsolete names
+    (files of an earlier version that the new one does not have). A failure removes every temporary
+    file and leaves folder as it was."""
     written = dict(written or {})
     try:
         for name, data in contents.items():
@@ -77,7 +115,7 @@ def write_files_atomically(folder: Path, contents: dict[str, Union[bytes, str]],
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
                 f.flush()
                 os.fsync(f.fileno())
-        commit(written)
+        commit(written, tuple(folder / name for name in obsolete))
     except BaseException as e:
         for tmp in written:
             with contextlib.suppress(OSError):

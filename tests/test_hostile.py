@@ -55,30 +55,63 @@ def test_interrupted_dataset_write_keeps_the_old_dataset(tmp_path, monkeypatch, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
 
-def test_tokenizer_json_is_part_of_the_same_commit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["io_error", "ctrl_c"])
+def test_a_rename_that_fails_midway_puts_the_old_dataset_back(tmp_path, monkeypatch, stop):
     from kazgpt import files
     from kazgpt.dataset import write_dataset
     from kazgpt.tokenizer import CharTokenizer
 
     tokenizer = CharTokenizer("ab")
-    write_dataset(tmp_path, [0, 1] * 10, [1] * 10, tokenizer, 10, extra_files={"tokenizer.json": "old"})
+    write_dataset(tmp_path, [0, 1] * 10, [1] * 10, tokenizer, 10, masks=([1] * 20, [1] * 10),
+                  extra_files={"tokenizer.json": "old"})
+    before = snapshot(tmp_path)
     renames = []
     real_replace = files.os.replace
 
-    def one_rename_then_fail(src, dst):
-        if renames:
-            raise OSError(errno.EIO, "I/O error")
+    def second_rename_fails(src, dst):
         renames.append(dst)
+        if len(renames) == 2:
+            raise KeyboardInterrupt if stop == "ctrl_c" else OSError(errno.EIO, "I/O error")
         real_replace(src, dst)
 
-    monkeypatch.setattr(files.os, "replace", one_rename_then_fail)
-    with pytest.raises(UserError, match="could not write"):
+    monkeypatch.setattr(files.os, "replace", second_rename_fails)
+    with pytest.raises(KeyboardInterrupt if stop == "ctrl_c" else UserError):
         write_dataset(tmp_path, [1] * 30, [0] * 30, tokenizer, 30, extra_files={"tokenizer.json": "new"})
-    # renames cannot be undone, but no temporary file is left and the next prepare succeeds
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     monkeypatch.setattr(files.os, "replace", real_replace)
-    write_dataset(tmp_path, [1] * 30, [0] * 30, tokenizer, 30, extra_files={"tokenizer.json": "new"})
-    assert (tmp_path / "tokenizer.json").read_text() == "new"
+    assert len(renames) > 2 and snapshot(tmp_path) == before  # the renamed file put back, the masks kept
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    write_dataset(tmp_path, [1] * 30, [0] * 30, tokenizer, 30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "train.bin", "val.bin"]  # no stale mask
+
+
+def test_a_text_corpus_replaces_a_qa_dataset_whole(tmp_path):
+    from kazgpt.corpus import write_streamed_dataset
+    from kazgpt.dataset import write_dataset
+    from kazgpt.tokenizer import TiktokenTokenizer
+
+    tokenizer = TiktokenTokenizer("gpt2")
+    write_dataset(tmp_path, [0, 1] * 10, [1] * 10, tokenizer, 10, masks=([1] * 20, [1] * 10),
+                  extra_files={"tokenizer.json": "old"})
+    write_streamed_dataset(tmp_path, iter([f"document {i}" for i in range(400)]), tokenizer, tokenizer.spec, 0.1, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+
+
+@pytest.mark.parametrize("case", ["foreign_meta", "bins_without_meta", "folder_named_val_bin"])
+def test_prepare_refuses_a_folder_of_files_it_did_not_make(tmp_path, case):
+    out = tmp_path / "out"
+    out.mkdir()
+    if case == "foreign_meta":
+        (out / "meta.json").write_text('{"mine": 1}')
+    elif case == "bins_without_meta":
+        (out / "train.bin").write_bytes(b"a user's bytes")
+    else:
+        (out / "val.bin").mkdir()
+    before = snapshot(out)
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n\n".join(["Абай Құнанбайұлы ақын."] * 30))
+    proc = run("data/qazdata_char/prepare.py", f"--source={source}", f"--out_dir={out}", check=False)
+    assert_one_line_error(proc, str(out))
+    assert snapshot(out) == before and len(list(out.iterdir())) == 1
 
 
 def test_stale_dataset_temporaries_are_removed_and_only_those(tmp_path):
