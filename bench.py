@@ -38,7 +38,8 @@ from kazgpt.files import check_output, write_files_atomically
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, synchronize)
 from kazgpt.optim import OPTIMIZERS, build_optimizers, newton_schulz_dtype, step_optimizers
-from model import GPT, GPTConfig, KVCache, decode_one_token, generate_tokens, generate_without_cache, prefill
+from model import (ARCHITECTURES, GPT, GPTConfig, KVCache, decode_one_token, generate_tokens, generate_without_cache,
+                   prefill)
 
 
 @dataclass
@@ -51,9 +52,9 @@ class BenchModel:
     vocab_size: int
     iters: int  # timed training iterations by default: enough for a stable median, little enough for a CPU
 
-    def model(self) -> GPT:
+    def model(self, architecture: str) -> GPT:
         return GPT(GPTConfig(block_size=self.block_size, vocab_size=self.vocab_size, n_layer=self.n_layer,
-                             n_head=self.n_head, n_embd=self.n_embd, bias=False))
+                             n_head=self.n_head, n_embd=self.n_embd, bias=False, **ARCHITECTURES[architecture]))
 
 
 MODELS = {
@@ -64,9 +65,9 @@ MODELS = {
 
 
 def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool, iters: int, data: np.ndarray,
-                   optimizer_name: str) -> dict:
+                   optimizer_name: str, architecture: str) -> dict:
     torch.manual_seed(0)
-    model = spec.model().to(device)
+    model = spec.model(architecture).to(device)
     optimizers = build_optimizers(model, optimizer_name, 1e-3, 0.1, (0.9, 0.99), 0.02, 0.95, device,
                                   newton_schulz_dtype(dtype))
     step_model = torch.compile(model) if use_compile else model
@@ -96,9 +97,10 @@ def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool,
 
 
 @torch.no_grad()
-def bench_sampling(spec: BenchModel, device: str, dtype: str, new_tokens: int = 500, prompt_len: int = 16) -> dict:
+def bench_sampling(spec: BenchModel, device: str, dtype: str, architecture: str, new_tokens: int = 500,
+                   prompt_len: int = 16) -> dict:
     torch.manual_seed(0)
-    model = spec.model().to(device).eval()
+    model = spec.model(architecture).to(device).eval()
     autocast = autocast_context(device, dtype)
     idx = torch.randint(0, spec.vocab_size, (1, prompt_len), device=device)
     full_ctx = torch.randint(0, spec.vocab_size, (1, spec.block_size), device=device)
@@ -138,7 +140,9 @@ def bench_sampling(spec: BenchModel, device: str, dtype: str, new_tokens: int = 
 QUICK_START_FLAGS = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
                      "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
                      "--lr_decay_iters=2000", "--dropout=0.0"]  # the README's CPU quick start
-EVAL_INTERVAL = 250  # both repos' char configs evaluate every 250 iterations
+# both runs evaluate every 100 iterations (their char configs: 250), for a finer time to loss: the same
+# evaluations on both sides, and their time is left out of the training time
+EVAL_INTERVAL = 100
 # Each repo's checkpoint writer, wrapped so that every eval leaves ckpt-<iteration>.pt (nothing else changes):
 # the whole-val curve is scored from those files after the run.
 SNAPSHOTS = {
@@ -166,8 +170,8 @@ def full_val_loss(state_dict: dict, model_args: dict, val_path: Path) -> float:
     """Mean loss over every non-overlapping block_size window of val.bin, in float32 with this
     repo's GPT: the same windows for every model, so two runs compare without eval-batch noise
     (nanoGPT's parameter names and architecture are this GPT's)."""
-    args = {k: model_args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")}
-    args["gelu_approximate"] = model_args.get("gelu_approximate", "none")  # nanoGPT's: exact GELU
+    # nanoGPT's checkpoints name only its own fields: the rest are GPTConfig's defaults (GPT-2's, exact GELU)
+    args = {k: v for k, v in model_args.items() if k in GPTConfig.__dataclass_fields__}
     weights = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
     model = model_from_checkpoint({"model_args": args, "model": weights}).eval()
     val = torch.from_numpy(np.fromfile(val_path, dtype=np.uint16).astype(np.int64))
@@ -217,7 +221,7 @@ def run_quick_start(name: str, cmd: list[str], cwd: Path, out_dir: Path, first_l
             "full_val_loss": curve[-1]["full_val_loss"], "curve": curve}
 
 
-def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str) -> dict:
+def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str, architecture: str) -> dict:
     """The README quick start with nanoGPT's train.py and this repo's, one after the other, on the
     same train.bin/val.bin. Every eval's checkpoint is scored on the whole val set (every
     non-overlapping window, the same for both), which gives each run's final loss and the
@@ -225,13 +229,14 @@ def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         nano = copy_nanogpt(nanogpt_dir, data_dir, tmp)
+        flags = [*QUICK_START_FLAGS, f"--eval_interval={EVAL_INTERVAL}"]
+        ours = [f"--optimizer={optimizer}", *(f"--{k}={v}" for k, v in ARCHITECTURES[architecture].items())]
         results = {
             "nanogpt": run_quick_start("nanogpt", ["config/train_shakespeare_char.py", "--dataset=kazgpt_bench",
-                                                   f"--out_dir={tmp / 'nano'}", *QUICK_START_FLAGS],
+                                                   f"--out_dir={tmp / 'nano'}", *flags],
                                        nano, tmp / "nano", 0, data_dir / "val.bin"),
             "kazgpt": run_quick_start("kazgpt", ["config/train_qazdata_char.py", f"--data_dir={data_dir}",
-                                                 f"--out_dir={tmp / 'ours'}", f"--optimizer={optimizer}",
-                                                 *QUICK_START_FLAGS],
+                                                 f"--out_dir={tmp / 'ours'}", *ours, *flags],
                                       REPO_ROOT, tmp / "ours", 1, data_dir / "val.bin"),
         }
     target = results["nanogpt"]["full_val_loss"]
@@ -272,7 +277,8 @@ def run_tables(names: list[str], args, device: str, train_dtype: str, sample_dty
         data = np.memmap(path, dtype=np.uint16, mode="r")
         for name in names:
             results["training"][name] = bench_training(MODELS[name], device, train_dtype, args.compile,
-                                                       args.iters or MODELS[name].iters, data, args.optimizer)
+                                                       args.iters or MODELS[name].iters, data, args.optimizer,
+                                                       args.architecture)
     # the peak is measured after the timed steps: its large matmul would change how glibc's malloc behaves
     peak = device_peak_flops(device, train_dtype)
     info["peak_tflops"] = peak / 1e12
@@ -285,7 +291,7 @@ def run_tables(names: list[str], args, device: str, train_dtype: str, sample_dty
     print(f"\n{'sampling':12s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'500 cached':>11s} "
           f"{'500 recompute':>14s} {'ratio':>6s} {'same tokens':>12s}")
     for name in names:
-        r = bench_sampling(MODELS[name], device, sample_dtype)
+        r = bench_sampling(MODELS[name], device, sample_dtype, args.architecture)
         results["sampling"][name] = r
         print(f"{name:12s} {r['prefill_tokens_per_s']:14,.0f} {r['decode_tokens_per_s']:13,.0f} "
               f"{r['cached_500_s']:10.2f}s "
@@ -358,7 +364,10 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--compile", action="store_true", help="compile the training step")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="the training rows' optimizer recipe")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="muon",
+                        help="the optimizer recipe of the training rows and of this repo's quick start")
+    parser.add_argument("--architecture", choices=tuple(ARCHITECTURES), default="newer",
+                        help="newer (train.py's from scratch: rotary positions, ReLU squared, QK-norm) or gpt2")
     parser.add_argument("--iters", type=int, default=None,
                         help="timed training iterations per model (default: each model's own)")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
@@ -379,7 +388,7 @@ def main() -> None:
     if device == "cpu" and args.malloc == "reuse":
         keep_freed_memory_for_reuse()
     info = {"date": time.strftime("%Y-%m-%d"), "device": device, "optimizer": args.optimizer,
-            "train_dtype": train_dtype,
+            "architecture": args.architecture, "train_dtype": train_dtype,
             "sample_dtype": sample_dtype, "compile": args.compile,
             "malloc": args.malloc if device == "cpu" else None, "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -391,7 +400,7 @@ def main() -> None:
     if names:
         run_tables(names, args, device, train_dtype, sample_dtype, results)
     if args.compare_nanogpt:
-        c = compare_nanogpt(Path(args.compare_nanogpt), Path(args.data_dir), args.optimizer)
+        c = compare_nanogpt(Path(args.compare_nanogpt), Path(args.data_dir), args.optimizer, args.architecture)
         results["vs_nanogpt"] = c
         print_comparison(c)
     if args.retrieval:

@@ -26,7 +26,7 @@ from kazgpt.checkpoint import find_checkpoint, load_checkpoint, model_from_check
 from kazgpt.cli import UserError, run_main
 from kazgpt.files import temporary_name
 from kazgpt.tokenizer import EOT, tokenizer_from_spec
-from model import GPT, HF_ATTENTION_BUFFERS, HF_CONV1D_WEIGHTS
+from model import ARCHITECTURES, GPT, HF_ATTENTION_BUFFERS, HF_CONV1D_WEIGHTS
 
 GPT2_FILES = {  # where tiktoken fetches GPT-2's BPE files; with TIKTOKEN_CACHE_DIR they come from its cache
     "merges.txt": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
@@ -47,6 +47,10 @@ def to_transformers(model: GPT, eot_token: Optional[int], vocab_size: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = model.config
+    unlike_gpt2 = [f"{key}={getattr(c, key)}" for key, gpt2 in ARCHITECTURES["gpt2"].items() if getattr(c, key) != gpt2]
+    if unlike_gpt2:
+        raise UserError(f"this model has {', '.join(unlike_gpt2)}, which transformers' GPT-2 cannot hold; "
+                        "export models trained with --position_encoding=learned --mlp_activation=gelu --qk_norm=False")
     hf_config = GPT2Config(vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
                            n_head=c.n_head, activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,

@@ -3,7 +3,9 @@ The GPT-2 language model: learned positions, pre-LayerNorm blocks, GELU MLPs (ex
 models trained here, GPT-2's tanh approximation for its weights), tied input and output
 embeddings, optional biases, dropout, and attention through scaled_dot_product_attention (flash
 attention where the device has it). Loads OpenAI's GPT-2 weights, or any GPT-2 folder saved by
-Hugging Face `transformers`, and generates with a KV cache.
+Hugging Face `transformers`, and generates with a KV cache. Three newer choices, off by default and
+chosen by the training configs for models trained from scratch: rotary positions (RoPE) instead of
+learned ones, ReLU-squared MLPs, and RMS-normalized queries and keys (QK-norm).
 
 The model knows nothing of command lines: bad arguments raise ValueError, and the scripts turn
 that into a one-line message naming the flag to change.
@@ -31,6 +33,13 @@ HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weigh
 HF_ATTENTION_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights
 
 
+# the architecture choices of GPTConfig: GPT-2's, and the newer one that train.py uses from scratch
+ARCHITECTURES = {
+    "gpt2": {"position_encoding": "learned", "mlp_activation": "gelu", "qk_norm": False},
+    "newer": {"position_encoding": "rope", "mlp_activation": "relu2", "qk_norm": True},
+}
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024
@@ -41,15 +50,24 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
     gelu_approximate: str = "none"  # 'none': exact GELU (faster on CPU); 'tanh': GPT-2's, for its weights
+    # GPT-2's architecture by default; the newer choices below train better from scratch (BENCHMARKS.md)
+    position_encoding: str = "learned"  # 'learned': GPT-2's position embeddings; 'rope': rotary, no embeddings
+    mlp_activation: str = "gelu"  # 'gelu' (GPT-2's) or 'relu2' (ReLU squared)
+    qk_norm: bool = False  # each head's queries and keys RMS-normalized before attention
 
     def __post_init__(self):
-        if self.gelu_approximate not in ("none", "tanh"):
-            raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got '{self.gelu_approximate}'")
+        choices = {"gelu_approximate": ("none", "tanh"), "position_encoding": ("learned", "rope"),
+                   "mlp_activation": ("gelu", "relu2")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be {' or '.join(repr(a) for a in allowed)}, got '{getattr(self, name)}'")
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.position_encoding == "rope" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.head_dim} (n_embd / n_head)")
 
     @property
     def head_dim(self) -> int:
@@ -69,20 +87,53 @@ class KVCache:
         self.length = 0
 
 
+ROPE_BASE = 10000.0
+
+
+def rotary_factors(pos: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors (T, head_dim) that rotate() takes, in float32: with angles pos * theta_i,
+    theta_i = ROPE_BASE^(-2i/head_dim) for i < head_dim/2, cos of each angle twice (the two halves of a
+    head) and its sine as (-sin, sin)."""
+    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim)
+    angles = torch.outer(pos.float(), inv_freq)  # (T, hs/2)
+    return angles.cos().repeat(1, 2), torch.cat([-angles.sin(), angles.sin()], dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position encoding of x (..., T, hs): the pair (x[i], x[i + hs/2]) of each position turned
+    by that position's angle i (the factors of rotary_factors), in float32. Written as two products and
+    a swap of halves: fewer and cheaper ops, forward and backward, than rotating interleaved pairs."""
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)
+    return (x32 * cos + torch.cat([x2, x1], dim=-1) * sin).to(x.dtype)
+
+
+def rms_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x over its last dimension scaled to root-mean-square 1 (no gain): a few elementwise ops, which
+    on CPU run several times faster forward and backward than F.rms_norm (BENCHMARKS.md)."""
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.qk_norm = config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0,
+                rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = rms_normalize(q), rms_normalize(k)
+        if rotary is not None:  # (cos, sin) (T, hs/2) of these T positions
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         mask, causal = None, True
         if cache is not None:
             start = cache.length
@@ -107,16 +158,22 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class ReLUSquared(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate=config.gelu_approximate)
+        gelu = config.mlp_activation == "gelu"
+        self.activation = nn.GELU(approximate=config.gelu_approximate) if gelu else ReLUSquared()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -127,8 +184,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0,
+                rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -136,9 +194,10 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        learned_positions = config.position_encoding == "learned"
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if learned_positions else {}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
@@ -163,7 +222,9 @@ class GPT(nn.Module):
         """Parameter count; position embeddings are left out by default, as in the scaling-law papers
         (token embeddings stay in: they are tied to the output layer)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
         """Logits for every position and the mean cross-entropy when targets are given (-1 is
@@ -173,9 +234,15 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.config.position_encoding == "rope":
+            rotary = rotary_factors(pos, self.config.head_dim)  # cos, sin (T, hs/2), shared by every layer
+        else:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, rotary)
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.length += T
@@ -190,7 +257,8 @@ class GPT(nn.Module):
         if block_size > self.config.block_size:
             raise ValueError(f"block_size {block_size} is larger than the model's {self.config.block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dropout: float = 0.0) -> "GPT":

@@ -83,6 +83,10 @@ class TrainConfig:
     n_embd: int = 768
     dropout: float = 0.0  # 0 for pretraining, 0.1+ for finetuning
     bias: bool = False  # biases in Linear and LayerNorm layers
+    # from scratch, three choices newer than GPT-2 (a model started from weights keeps the weights' own):
+    position_encoding: str = "rope"  # 'rope' (rotary) or 'learned' (GPT-2's position embeddings)
+    mlp_activation: str = "relu2"  # 'relu2' (ReLU squared) or 'gelu' (GPT-2's)
+    qk_norm: bool = True  # RMS-normalize each head's queries and keys
     # optimizer: 'muon' (Muon for the blocks' matrices, AdamW for the rest) or 'adamw' (AdamW for all);
     # None: muon from scratch, adamw from GPT-2 weights, else the optimizer the checkpoint was made with
     optimizer: Optional[str] = None
@@ -293,9 +297,12 @@ def new_model(cfg: TrainConfig, vocab_size: int) -> GPT:
     padded_vocab = -(-vocab_size // 64) * 64  # a multiple of 64 makes the output matmul faster on GPUs
     try:
         config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                           n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+                           n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
+                           position_encoding=cfg.position_encoding, mlp_activation=cfg.mlp_activation,
+                           qk_norm=cfg.qk_norm)
     except ValueError as e:
-        raise UserError(f"{e}: change --n_layer, --n_head, --n_embd or --block_size") from None
+        raise UserError(f"{e}: change the model's settings (--n_layer, --n_head, --n_embd, --block_size, "
+                        "--position_encoding, --mlp_activation)") from None
     return GPT(config)
 
 
@@ -372,7 +379,8 @@ def wrapped_model(raw_model: GPT, use_compile: bool, procs: Processes) -> torch.
     return model
 
 
-ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "bias")  # fixed by the weights a run starts from
+# fixed by the weights a run starts from
+ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "bias", "position_encoding", "mlp_activation", "qk_norm")
 
 
 def check_architecture(cfg: TrainConfig, model: GPT, given: Collection[str]) -> None:

@@ -26,3 +26,6 @@ weight_decay = 1e-1
 muon_lr = 0.02
 muon_momentum = 0.95
 learning_rate = 6e-4
+# the architecture is train.py's from-scratch default, the speedrun's choices: rotary positions, ReLU
+# squared MLPs, QK-norm (also untested on a GPU here); GPT-2's own: --position_encoding=learned
+# --mlp_activation=gelu --qk_norm=False

@@ -45,15 +45,36 @@ NS_STEPS = 5
 
 def orthogonalize(updates: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7) -> torch.Tensor:
     """Newton-Schulz orthogonalization of a batch of matrices (n, rows, cols), all at once: each is
-    scaled to Frobenius norm 1, then X <- aX + (bA + cA^2)X with A = XX^T on its wide side."""
-    a, b, c = NS_COEFFICIENTS
+    scaled to Frobenius norm 1, then X <- aX + (bA + cA^2)X with A = XX^T on its short side.
+    Matrices at least twice as long as wide in float32 or float64 run the same iteration on A alone
+    (orthogonalize_by_gram): fewer FLOPs, the same result to rounding (tests/test_optim.py)."""
     tall = updates.size(-2) > updates.size(-1)
     x = updates.mT if tall else updates
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
-        gram = x @ x.mT  # (n, short, short)
-        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    if x.size(-1) >= 2 * x.size(-2) and x.dtype in (torch.float32, torch.float64):
+        x = orthogonalize_by_gram(x, steps)
+    else:
+        a, b, c = NS_COEFFICIENTS
+        for _ in range(steps):
+            gram = x @ x.mT  # (n, short, short)
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.mT if tall else x
+
+
+def orthogonalize_by_gram(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The Newton-Schulz iteration for wide x (n, s, l), l >= 2s, done in s x s matrices: every
+    iterate is P X with P a polynomial in A = XX^T, so with Q = aI + bA + cA^2 one step is P <- QP and
+    A <- QAQ (Q and A commute), and X is multiplied only twice (A at the start, P X at the end):
+    4 s^2 l + 8 steps s^3 FLOPs against steps (4 s^2 l + 2 s^3). Not in bf16: A's rounding compounds."""
+    a, b, c = NS_COEFFICIENTS
+    gram = x @ x.mT  # (n, s, s)
+    poly = None
+    for _ in range(steps):
+        q = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        q.diagonal(dim1=-2, dim2=-1).add_(a)  # aI + bA + cA^2
+        poly = q if poly is None else q @ poly
+        gram = q @ (gram @ q)
+    return poly @ x
 
 
 class Muon(torch.optim.Optimizer):

@@ -94,6 +94,7 @@ def read_log(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 
 
+GPT2_ARCHITECTURE = ["--position_encoding=learned", "--mlp_activation=gelu", "--qk_norm=False"]  # not the newer default
 TINY_MODEL = [
     "--device=cpu",
     "--compile=False",

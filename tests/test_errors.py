@@ -323,7 +323,8 @@ def test_bad_sample_args(trained, args, fragment):
 def test_bad_prepare_sources(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "train.bin").write_bytes(b"old")
+    (out / "train.bin").write_bytes(b"old")  # an earlier dataset of this repo's (its meta.json beside it)
+    (out / "meta.json").write_text('{"vocab_size": 3, "tokenizer": {"kind": "char", "chars": "abc"}}')
     prep = lambda *a, env=None: run("data/qazdata_char/prepare.py", f"--out_dir={out}", *a, env=env, check=False)
     assert_one_line_error(prep(f"--source={tmp_path / 'missing'}"), "does not exist")
     bad = tmp_path / "latin1.txt"

@@ -179,6 +179,10 @@ def test_export_refusals_leave_nothing(trained, tmp_path):
     assert_one_line_error(run("export_hf.py", f"--out_dir={trained / 'out'}",
                               f"--export_dir={tmp_path / 'a' / 'b'}", check=False), "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    # the newer architecture (rotary positions, ReLU squared, QK-norm) has no transformers GPT-2 to go into
+    assert_one_line_error(run("export_hf.py", f"--out_dir={trained / 'out'}", f"--export_dir={tmp_path / 'hf'}",
+                              check=False), "transformers' GPT-2 cannot hold", "--position_encoding=learned")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_eval_qa_output_not_its_own(trained, tmp_path):

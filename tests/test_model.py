@@ -3,7 +3,7 @@ full recomputation under the same window policy."""
 import pytest
 import torch
 
-from model import GPT, GPTConfig, generate_tokens, generate_without_cache, sample_next_token
+from model import ARCHITECTURES, GPT, GPTConfig, generate_tokens, generate_without_cache, sample_next_token
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +44,19 @@ def test_crop_block_size(hf_folder):
         assert (logits - hf(idx).logits).abs().max().item() < 1e-5
 
 
-def small_model(block_size=24, seed=0):
+
+
+def small_model(block_size=24, seed=0, arch="gpt2"):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=block_size, vocab_size=50, n_layer=2, n_head=4, n_embd=32, bias=True)).eval()
+    return GPT(GPTConfig(block_size=block_size, vocab_size=50, n_layer=2, n_head=4, n_embd=32, bias=True,
+                         **ARCHITECTURES[arch])).eval()
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("prompt_len", [1, 5, 30])  # 30 > block_size: the prompt itself is windowed
 @pytest.mark.parametrize("mode", ["greedy", "sampled"])
-def test_kv_cache_matches_recomputation(prompt_len, mode):
-    model = small_model()
+def test_kv_cache_matches_recomputation(prompt_len, mode, arch):
+    model = small_model(arch=arch)
     idx = torch.randint(0, 50, (2, prompt_len), generator=torch.Generator().manual_seed(3))
     kwargs = dict(greedy=True) if mode == "greedy" else dict(temperature=0.9, top_k=20, top_p=0.95)
     n_new = 70  # the 24-token window slides several times
@@ -63,11 +67,12 @@ def test_kv_cache_matches_recomputation(prompt_len, mode):
     assert torch.equal(cached, reference)
 
 
-def test_cached_logits_match_full_forward():
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_cached_logits_match_full_forward(arch):
     """Each decode step's logits equal a full forward over the same window."""
     from model import KVCache, decode_one_token, prefill
 
-    model = small_model()
+    model = small_model(arch=arch)
     tokens = torch.randint(0, 50, (1, 20))
     cache = KVCache(model.config, 1, "cpu", torch.float32)
     logits = prefill(model, tokens[:, :8], cache)
@@ -75,6 +80,46 @@ def test_cached_logits_match_full_forward():
         full = model(tokens[:, :t])[0][:, -1, :]
         assert (logits - full).abs().max().item() < 1e-5
         logits = decode_one_token(model, tokens[:, t : t + 1], cache)
+
+
+def test_rotary_positions_against_complex_rotation():
+    """rotate() against a reference in complex numbers: the pair (x[i], x[i + hs/2]) of a head at
+    position t, as x[i] + j x[i + hs/2], is multiplied by e^(j t theta_i), theta_i = 10000^(-2i/hs); so
+    a query-key product depends only on their distance."""
+    from model import rotary_factors, rotate
+
+    B, nh, T, hs = 2, 3, 10, 8
+    x = torch.randn(B, nh, T, hs, dtype=torch.float64)
+    cos, sin = rotary_factors(torch.arange(T), hs)
+    theta = 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * theta
+    turn = torch.polar(torch.ones(T, hs // 2, dtype=torch.float64), angles)
+    turned = torch.complex(x[..., : hs // 2], x[..., hs // 2 :]) * turn
+    reference = torch.cat([turned.real, turned.imag], dim=-1)
+    assert (rotate(x, cos, sin).double() - reference).abs().max().item() < 1e-5
+    q, k = torch.randn(hs), torch.randn(hs)
+    def score(m, n):
+        at = lambda v, t: rotate(v.view(1, 1, 1, hs), *(f[t : t + 1] for f in rotary_factors(torch.arange(20), hs)))
+        return (at(q, m) * at(k, n)).sum().item()
+    assert score(7, 3) == pytest.approx(score(15, 11), abs=1e-5)
+
+
+def test_qk_norm_and_relu_squared_against_torch():
+    from model import ReLUSquared, rms_normalize
+
+    x = torch.randn(4, 5, 16) * 3
+    assert torch.allclose(rms_normalize(x), torch.nn.functional.rms_norm(x, (16,), eps=1e-6), atol=1e-6)
+    assert torch.equal(ReLUSquared()(x), torch.relu(x) ** 2)
+
+
+def test_newer_architecture_has_no_position_embeddings():
+    gpt2, newer = small_model(), small_model(arch="newer")
+    assert "transformer.wpe.weight" in gpt2.state_dict() and "transformer.wpe.weight" not in newer.state_dict()
+    assert newer.num_params() == gpt2.num_params()  # positions are left out of the count either way
+    with pytest.raises(ValueError, match="even head size"):
+        GPTConfig(n_embd=30, n_head=2, position_encoding="rope")
+    with pytest.raises(ValueError, match="mlp_activation"):
+        GPTConfig(mlp_activation="swish")
 
 
 def test_sample_next_token_filters():

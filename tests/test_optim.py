@@ -26,7 +26,7 @@ def orthogonalize_reference(update: torch.Tensor, steps: int = 5) -> torch.Tenso
     return x.T if tall else x
 
 
-@pytest.mark.parametrize("shape", [(8, 24), (24, 8)])
+@pytest.mark.parametrize("shape", [(8, 24), (24, 8), (12, 16)])  # the iteration by Gram matrix, and the plain one
 def test_muon_update_matches_a_reference(shape):
     """Two steps of the repo's Muon (Newton-Schulz in float32, as on a CPU) against the same steps by
     hand in float64: Nesterov momentum, orthogonalized, scaled by sqrt(max(1, rows/cols))."""
@@ -48,6 +48,18 @@ def test_muon_update_matches_a_reference(shape):
         assert (weight.detach().double() - expected).norm() < 1e-4 * step.norm()
     singular = torch.linalg.svdvals(direction)
     assert singular.min() > 0.3 and singular.max() < 1.3, singular  # an orthogonalized update, not the raw gradient
+
+
+def test_iteration_by_gram_matrix_equals_the_plain_one():
+    """orthogonalize_by_gram against the plain iteration, both in float64: the same matrices to rounding."""
+    from kazgpt.optim import orthogonalize_by_gram
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 64, dtype=torch.float64)
+    x = x / x.norm(dim=(-2, -1), keepdim=True)
+    by_gram = orthogonalize_by_gram(x, 5)
+    plain = torch.stack([orthogonalize_reference(m) for m in x])
+    assert (by_gram - plain).abs().max().item() < 1e-10
 
 
 def test_muon_matches_torch_muon():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl
+from conftest import GPT2_ARCHITECTURE, TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl
 from kazgpt.qa import exact_match, normalize_answer, token_f1
 
 
@@ -99,26 +99,19 @@ def test_eval_qa_single_split_asks_held_out_only(trained_char, tmp_path):
 @pytest.mark.parametrize("kind", ["char", "kazakh_bpe"])
 def test_export_round_trip(trained_char, tmp_path, kind):
     transformers = pytest.importorskip("transformers")
-    out = trained_char / "out"
+    data, out = trained_char / "data", tmp_path / "out"
+    config = "config/train_qazdata_char.py"
     if kind == "kazakh_bpe":
-        data, out = tmp_path / "bpe", tmp_path / "out"
+        data, config = tmp_path / "bpe", "config/train_qazdata_bpe.py"
         run("data/qazdata_bpe/prepare.py", f"--source={trained_char / 'src'}", f"--out_dir={data}", "--vocab_size=350")
-        run(
-            "train.py",
-            "config/train_qazdata_bpe.py",
-            f"--data_dir={data}",
-            f"--out_dir={out}",
-            *TINY_MODEL,
-            "--max_iters=30",
-            "--eval_interval=30",
-            "--bias=True",
-            "--block_size=64",
-        )
+    # GPT-2's architecture, which transformers' GPT2LMHeadModel holds (test_hostile: the newer one is refused)
+    run("train.py", config, f"--data_dir={data}", f"--out_dir={out}", *TINY_MODEL, *GPT2_ARCHITECTURE,
+        "--max_iters=30", "--eval_interval=30", "--bias=True", "--block_size=64")
     folder = tmp_path / "hf"
     run("export_hf.py", f"--out_dir={out}", f"--export_dir={folder}")
     assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
     # the padding rows of the vocabulary (to a multiple of 64) are not exported, so never sampled
-    meta = (data if kind == "kazakh_bpe" else trained_char / "data") / "meta.json"
+    meta = data / "meta.json"
     vocab = json.loads(meta.read_text())["vocab_size"]
     assert vocab % 64 and json.loads((folder / "config.json").read_text())["vocab_size"] == vocab
     prompt = "Өзеннің ұзындығы қанша (0)?:"

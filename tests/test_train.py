@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from kazgpt.device import cpu_supports_bf16
+from model import ARCHITECTURES
 from conftest import REPO, TINY_MODEL, prepare_char_dataset, read_log, run, wait_for_log_lines
 
 
@@ -32,6 +34,8 @@ def test_quick_start_path(shared_kazqad, tmp_path):
     assert [e["iter"] for e in evals] == [0, 20, 40]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0, evals  # from ~ln(vocab)=5.5 down
     assert (out / "ckpt.pt").exists() and (out / "best.pt").exists()
+    args = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)["model_args"]
+    assert {k: args[k] for k in ARCHITECTURES["newer"]} == ARCHITECTURES["newer"]  # from scratch: the newer one
 
     proc = train(data, out, "--init_from=resume", "--max_iters=60", "--lr_decay_iters=60", "--eval_interval=20")
     assert "resuming from" in proc.stdout and "iter 41:" in proc.stdout and "iter 1:" not in proc.stdout
