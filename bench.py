@@ -232,8 +232,10 @@ def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str, architect
         flags = [*QUICK_START_FLAGS, f"--eval_interval={EVAL_INTERVAL}"]
         ours = [f"--optimizer={optimizer}", *(f"--{k}={v}" for k, v in ARCHITECTURES[architecture].items())]
         results = {
+            # nanoGPT saves a checkpoint only when val improves unless always_save_checkpoint: its final model too
             "nanogpt": run_quick_start("nanogpt", ["config/train_shakespeare_char.py", "--dataset=kazgpt_bench",
-                                                   f"--out_dir={tmp / 'nano'}", *flags],
+                                                   "--always_save_checkpoint=True", f"--out_dir={tmp / 'nano'}",
+                                                   *flags],
                                        nano, tmp / "nano", 0, data_dir / "val.bin"),
             "kazgpt": run_quick_start("kazgpt", ["config/train_qazdata_char.py", f"--data_dir={data_dir}",
                                                  f"--out_dir={tmp / 'ours'}", *ours, *flags],
