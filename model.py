@@ -3,8 +3,8 @@ The GPT-2 language model: learned positions, pre-LayerNorm blocks, GELU MLPs (ex
 models trained here, GPT-2's tanh approximation for its weights), tied input and output
 embeddings, optional biases, dropout, and attention through scaled_dot_product_attention (flash
 attention where the device has it). Loads OpenAI's GPT-2 weights, or any GPT-2 folder saved by
-Hugging Face `transformers`, and generates with a KV cache. Three newer choices, off by default and
-chosen by the training configs for models trained from scratch: rotary positions (RoPE) instead of
+Hugging Face `transformers`, and generates with a KV cache. Three newer choices, off by default here
+and on in train.py's defaults for models trained from scratch: rotary positions (RoPE) instead of
 learned ones, ReLU-squared MLPs, and RMS-normalized queries and keys (QK-norm).
 
 The model knows nothing of command lines: bad arguments raise ValueError, and the scripts turn

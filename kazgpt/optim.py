@@ -3,8 +3,8 @@
 Two recipes (TrainConfig.optimizer):
   adamw  AdamW for every parameter (nanoGPT's recipe).
   muon   Muon for the 2-D weight matrices inside the transformer blocks (momentum, then a
-         Newton-Schulz orthogonalization of the update), AdamW for everything else: the token and
-         position embeddings (the token embedding is also the output layer), LayerNorm gains, biases.
+         Newton-Schulz orthogonalization of the update), AdamW for everything else: the token
+         embedding (also the output layer), learned position embeddings if any, LayerNorm gains, biases.
 
 Every parameter group carries its own base rate ("base_lr"); one schedule gives a multiplier that
 scales all of them together (lr_multiplier).
