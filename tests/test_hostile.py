@@ -337,7 +337,7 @@ def test_resume_from_a_damaged_training_state(trained, tmp_path, damage):
     if damage == "no_optimizer":
         del ckpt["optimizer"]
     elif damage == "optimizer_of_another_model":
-        ckpt["optimizer"]["param_groups"][0]["params"] = [0]
+        ckpt["optimizer"]["param_groups"][0]["params"].append(999)  # one parameter more than this model's group
     else:
         ckpt["iter_num"] = "many"
     torch.save(ckpt, out / "ckpt.pt")
