@@ -110,7 +110,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 def rms_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x over its last dimension scaled to root-mean-square 1 (no gain): a few elementwise ops, which
-    on CPU run several times faster forward and backward than F.rms_norm (BENCHMARKS.md)."""
+    on CPU cost less forward and backward than F.rms_norm (BENCHMARKS.md)."""
     return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
 
 
@@ -132,7 +132,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if self.qk_norm:
             q, k = rms_normalize(q), rms_normalize(k)
-        if rotary is not None:  # (cos, sin) (T, hs/2) of these T positions
+        if rotary is not None:  # the factors (T, hs) of these T positions
             q, k = rotate(q, *rotary), rotate(k, *rotary)
         mask, causal = None, True
         if cache is not None:
