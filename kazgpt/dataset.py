@@ -53,13 +53,10 @@ def _check_replaceable(out_dir: Path) -> None:
     if not present:
         return
     try:
-        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
-        ours = isinstance(meta, dict) and "vocab_size" in meta and isinstance(meta.get("tokenizer"), dict)
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
+        _read_meta(out_dir / "meta.json", prepare="")  # the check every reader of a dataset makes
+    except UserError:
         raise UserError(f"{out_dir} holds {', '.join(present)} but no meta.json of a dataset prepared here: "
-                        "they are not a dataset this repo made; choose another --out_dir, or move them away")
+                        "they are not a dataset this repo made; choose another --out_dir, or move them away") from None
 
 
 def encode_documents(docs: list[str], tokenizer: Tokenizer, desc: str) -> tuple[list[int], int]:
@@ -195,7 +192,7 @@ def _read_meta(path: Path, prepare: str) -> dict:
         meta["vocab_size"] = int(meta["vocab_size"])
         if not isinstance(meta["tokenizer"], dict):
             raise TypeError("tokenizer is not an object")
-    except (ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}): run {prepare} again") from None
     return meta
 
