@@ -91,27 +91,69 @@ ROPE_BASE = 10000.0
 
 
 def rotary_factors(pos: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The factors (T, head_dim) that rotate() takes, in float32: with angles pos * theta_i,
-    theta_i = ROPE_BASE^(-2i/head_dim) for i < head_dim/2, cos of each angle twice (the two halves of a
-    head) and its sine as (-sin, sin)."""
+    """The factors (T, 1, head_dim) that rotate() takes for heads laid out (B, T, nh, hs), in float32:
+    with angles pos * theta_i, theta_i = ROPE_BASE^(-2i/head_dim) for i < head_dim/2, cos of each angle
+    twice (the two halves of a head) and its sine as (-sin, sin)."""
     inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim)
     angles = torch.outer(pos.float(), inv_freq)  # (T, hs/2)
-    return angles.cos().repeat(1, 2), torch.cat([-angles.sin(), angles.sin()], dim=-1)
+    cos, sin = angles.cos().repeat(1, 2), torch.cat([-angles.sin(), angles.sin()], dim=-1)
+    return cos.unsqueeze(1), sin.unsqueeze(1)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + (x with its halves swapped) * sin: each pair (x[i], x[i + hs/2]) turned by its angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x2, x1], dim=-1).mul_(sin).addcmul_(x, cos)
+
+
+class _Rotate(torch.autograd.Function):
+    """rotate() with its backward written out: the gradient turned back by the same angles (sin
+    negated). It saves only the factors, and costs fewer ops than autograd's backward (BENCHMARKS.md)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _turn(_at_least_float32(x), cos, sin).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        return _turn(_at_least_float32(grad), cos, sin.neg()).to(grad.dtype), None, None
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position encoding of x (..., T, hs): the pair (x[i], x[i + hs/2]) of each position turned
-    by that position's angle i (the factors of rotary_factors), in float32. Written as two products and
-    a swap of halves: fewer and cheaper ops, forward and backward, than rotating interleaved pairs."""
-    x32 = x.float()
-    x1, x2 = x32.chunk(2, dim=-1)
-    return (x32 * cos + torch.cat([x2, x1], dim=-1) * sin).to(x.dtype)
+    """Rotary position encoding of x (..., hs), in float32: the pair (x[i], x[i + hs/2]) turned by its
+    position's angle i (the factors of rotary_factors, which broadcast over the dimensions before hs)."""
+    return _Rotate.apply(x, cos, sin)
+
+
+class _RMSNormalize(torch.autograd.Function):
+    """rms_normalize() with its backward written out, in float32: with n = x r, r = 1 / rms(x), the
+    gradient is r (g - n mean(g n)). It saves n and r, and costs fewer ops than autograd's backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = _at_least_float32(x)
+        r = torch.rsqrt(x32.square().mean(-1, keepdim=True).add_(eps))
+        n = x32 * r
+        ctx.save_for_backward(n, r)
+        return n.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        n, r = ctx.saved_tensors
+        g = _at_least_float32(grad)
+        return (g - n * (g * n).mean(-1, keepdim=True)).mul_(r).to(grad.dtype), None
 
 
 def rms_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x over its last dimension scaled to root-mean-square 1 (no gain): a few elementwise ops, which
-    on CPU cost less forward and backward than F.rms_norm (BENCHMARKS.md)."""
-    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+    """x over its last dimension scaled to root-mean-square 1 (no gain); on CPU this costs less,
+    forward and backward, than F.rms_norm (BENCHMARKS.md)."""
+    return _RMSNormalize.apply(x, eps)
 
 
 class CausalSelfAttention(nn.Module):
@@ -126,14 +168,14 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0,
                 rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        heads = self.c_attn(x).view(B, T, 3 * self.n_head, C // self.n_head)  # (B, T, 3nh, hs): q, k, v heads
+        qk, v = heads.split(2 * self.n_head, dim=2)  # queries and keys are normalized and rotated together
         if self.qk_norm:
-            q, k = rms_normalize(q), rms_normalize(k)
-        if rotary is not None:  # the factors (T, hs) of these T positions
-            q, k = rotate(q, *rotary), rotate(k, *rotary)
+            qk = rms_normalize(qk)
+        if rotary is not None:  # the factors (T, 1, hs) of these T positions
+            qk = rotate(qk, *rotary)
+        q, k = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs) each
+        v = v.transpose(1, 2)  # (B, nh, T, hs)
         mask, causal = None, True
         if cache is not None:
             start = cache.length
@@ -158,9 +200,25 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class _ReLUSquared(torch.autograd.Function):
+    """relu(x)^2 with its backward written out: it saves r = relu(x) and returns 2 r g, in fewer ops
+    than autograd's (BENCHMARKS.md)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        r = F.relu(x)
+        ctx.save_for_backward(r)
+        return r.square()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (r,) = ctx.saved_tensors
+        return (r + r).mul_(grad)
+
+
 class ReLUSquared(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x).square()
+        return _ReLUSquared.apply(x)
 
 
 class MLP(nn.Module):
@@ -237,7 +295,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         rotary = None
         if self.config.position_encoding == "rope":
-            rotary = rotary_factors(pos, self.config.head_dim)  # cos, sin (T, hs/2), shared by every layer
+            rotary = rotary_factors(pos, self.config.head_dim)  # cos, sin (T, 1, hs), shared by every layer
         else:
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)

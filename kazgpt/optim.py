@@ -69,12 +69,28 @@ def orthogonalize_by_gram(x: torch.Tensor, steps: int) -> torch.Tensor:
     a, b, c = NS_COEFFICIENTS
     gram = x @ x.mT  # (n, s, s)
     poly = None
-    for _ in range(steps):
+    for step in range(steps):
         q = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
         q.diagonal(dim1=-2, dim2=-1).add_(a)  # aI + bA + cA^2
         poly = q if poly is None else q @ poly
-        gram = q @ (gram @ q)
+        if step < steps - 1:  # the last step's A would go unused
+            gram = q @ (gram @ q)
     return poly @ x
+
+
+def orthogonalize_all(updates: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Each update matrix orthogonalized (in dtype, returned in its own), the matrices of one shape in
+    one batch; a tall matrix joins the wide ones of its transposed shape."""
+    by_shape: dict[torch.Size, list[int]] = {}
+    for i, u in enumerate(updates):
+        by_shape.setdefault(u.mT.shape if u.size(0) > u.size(1) else u.shape, []).append(i)
+    directions: list[torch.Tensor] = [torch.empty(0)] * len(updates)
+    for indices in by_shape.values():
+        wide = [updates[i].mT if updates[i].size(0) > updates[i].size(1) else updates[i] for i in indices]
+        for i, d in zip(indices, orthogonalize(torch.stack(wide).to(dtype))):
+            u = updates[i]
+            directions[i] = (d.mT if u.size(0) > u.size(1) else d).to(u.dtype)
+    return directions
 
 
 class Muon(torch.optim.Optimizer):
@@ -88,24 +104,24 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "momentum": momentum})
         self.ns_dtype = ns_dtype
 
+    def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        return state["momentum_buffer"]
+
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            momentum, by_shape = group["momentum"], {}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buf, momentum)  # Nesterov
-                tall = p.size(0) > p.size(1)
-                # a tall matrix joins the wide ones of its transposed shape: one batched iteration for both
-                by_shape.setdefault(update.mT.shape if tall else update.shape, []).append((p, update, tall))
-            for items in by_shape.values():
-                directions = orthogonalize(torch.stack([u.mT if tall else u for _, u, tall in items]).to(self.ns_dtype))
-                for (p, _, tall), direction in zip(items, directions):
-                    scale = group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1)))
-                    p.add_((direction.mT if tall else direction).to(p.dtype), alpha=-scale)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            buffers = [self._momentum_buffer(p) for p in params]
+            torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
+            updates = torch._foreach_lerp(grads, buffers, group["momentum"])  # Nesterov
+            for p, direction in zip(params, orthogonalize_all(updates, self.ns_dtype)):
+                p.add_(direction, alpha=-group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1))))
 
 
 def newton_schulz_dtype(training_dtype: str) -> torch.dtype:

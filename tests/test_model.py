@@ -88,12 +88,12 @@ def test_rotary_positions_against_complex_rotation():
     a query-key product depends only on their distance."""
     from model import rotary_factors, rotate
 
-    B, nh, T, hs = 2, 3, 10, 8
-    x = torch.randn(B, nh, T, hs, dtype=torch.float64)
+    B, T, nh, hs = 2, 10, 3, 8
+    x = torch.randn(B, T, nh, hs, dtype=torch.float64)
     cos, sin = rotary_factors(torch.arange(T), hs)
     theta = 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
-    angles = torch.arange(T, dtype=torch.float64)[:, None] * theta
-    turn = torch.polar(torch.ones(T, hs // 2, dtype=torch.float64), angles)
+    angles = torch.arange(T, dtype=torch.float64)[:, None, None] * theta  # (T, 1, hs/2)
+    turn = torch.polar(torch.ones(T, 1, hs // 2, dtype=torch.float64), angles)
     turned = torch.complex(x[..., : hs // 2], x[..., hs // 2 :]) * turn
     reference = torch.cat([turned.real, turned.imag], dim=-1)
     assert (rotate(x, cos, sin).double() - reference).abs().max().item() < 1e-5
@@ -110,6 +110,21 @@ def test_qk_norm_and_relu_squared_against_torch():
     x = torch.randn(4, 5, 16) * 3
     assert torch.allclose(rms_normalize(x), torch.nn.functional.rms_norm(x, (16,), eps=1e-6), atol=1e-6)
     assert torch.equal(ReLUSquared()(x), torch.relu(x) ** 2)
+
+
+def test_hand_written_backwards_against_numerical_gradients():
+    """rotate, rms_normalize and ReLU squared write their backward by hand: gradcheck compares each
+    with finite differences in float64, on non-contiguous inputs like the attention's q and k views."""
+    from model import ReLUSquared, rms_normalize, rotary_factors, rotate
+
+    heads = torch.randn(2, 5, 9, 6, dtype=torch.float64)[:, :, :6]  # (B, T, 2nh, hs), a view like qk
+    heads.requires_grad_(True)
+    cos, sin = (f.double() for f in rotary_factors(torch.arange(3, 8), 6))
+    assert torch.autograd.gradcheck(lambda x: rotate(x, cos, sin), (heads,))
+    assert torch.autograd.gradcheck(rms_normalize, (heads,))
+    assert torch.autograd.gradcheck(lambda x: rotate(rms_normalize(x), cos, sin), (heads,))
+    x = (torch.randn(3, 7, dtype=torch.float64) + 0.01).requires_grad_(True)  # no element at relu's kink
+    assert torch.autograd.gradcheck(ReLUSquared(), (x,))
 
 
 def test_newer_architecture_has_no_position_embeddings():
