@@ -13,10 +13,16 @@ tokens/s, per-token decode with the KV cache, and 500 new tokens with the cache 
 recomputation (block 256, so the window slides), with the ratio. Retrieval rows: recall@1,
 recall@5 and MRR@10 of every question's own passage among every passage of a KazQAD source, for
 the shipped analyzer and for it without stemming, without stop words, and with other stem lengths,
-with index build time and questions per second.
+with index build time and questions per second. The nanoGPT comparison: both quick starts one
+after the other (wall, training time, whole-val loss curve, time to nanoGPT's final loss), then
+the cost of one training step of each, forward and backward apart from the optimizer, with the
+two repos' steps taking turns so that a machine whose speed drifts slows both alike.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import re
 import statistics
@@ -247,7 +253,83 @@ def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str, architect
     results["time_to_nanogpt_loss_ratio"] = reached[0]["train_s"] / results["nanogpt"]["train_s"] if reached else None
     results["train_ratio"] = results["kazgpt"]["train_s"] / results["nanogpt"]["train_s"]
     results["wall_ratio"] = results["kazgpt"]["wall_s"] / results["nanogpt"]["wall_s"]
+    vocab_size = json.loads((data_dir / "meta.json").read_text())["vocab_size"]
+    results["step_cost"] = interleaved_step_costs(nanogpt_dir, vocab_size, optimizer, architecture)
     return results
+
+
+def nanogpt_step(nanogpt_dir: Path, config: dict, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """nanoGPT's model and optimizer at the quick start's size, from its checkout (its prints silenced),
+    as (forward and backward, optimizer step) the way its train.py runs them on a CPU."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", nanogpt_dir / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nanogpt_model"] = module  # its dataclasses look their module up
+    with contextlib.redirect_stdout(io.StringIO()):
+        spec.loader.exec_module(module)
+        model = module.GPT(module.GPTConfig(**config, bias=False, dropout=0.0))
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+
+    def forward_backward() -> torch.Tensor:
+        _, loss = model(x, y)
+        loss.backward()
+        return loss
+
+    def optimize(loss: torch.Tensor) -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+
+    return forward_backward, optimize
+
+
+def kazgpt_step(config: dict, optimizer: str, architecture: str, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """This repo's model and optimizers at the same size, as (forward and backward, optimizer step)."""
+    model = GPT(GPTConfig(**config, bias=False, **ARCHITECTURES[architecture]))
+    optimizers = build_optimizers(model, optimizer, 1e-3, 0.1, (0.9, 0.99), 0.01, 0.95, "cpu")
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+
+    def forward_backward() -> torch.Tensor:
+        _, loss = model(x, y)
+        loss.backward()
+        return loss
+
+    def optimize(loss: torch.Tensor) -> None:
+        step_optimizers(optimizers, scaler, model.parameters(), 1.0)
+        loss.item()
+
+    return forward_backward, optimize
+
+
+def interleaved_step_costs(nanogpt_dir: Path, vocab_size: int, optimizer: str, architecture: str,
+                           rounds: int = 12, steps: int = 10) -> dict:
+    """Milliseconds per training step of the quick-start model, forward and backward apart from the
+    optimizer step, for nanoGPT, this repo's recipe, and this repo with nanoGPT's recipe (AdamW, GPT-2's
+    architecture): the three take turns, `steps` steps each (the first two not timed), so that a
+    machine whose speed drifts during a run slows all three alike. Medians over every timed step."""
+    torch.manual_seed(0)
+    config = {"block_size": 64, "vocab_size": vocab_size, "n_layer": 4, "n_head": 4, "n_embd": 128}
+    x, y = (torch.randint(0, vocab_size, (12, 64)) for _ in range(2))
+    variants = {"nanogpt": nanogpt_step(nanogpt_dir, config, x, y),
+                f"kazgpt ({optimizer}, {architecture})": kazgpt_step(config, optimizer, architecture, x, y),
+                "kazgpt (adamw, gpt2)": kazgpt_step(config, "adamw", "gpt2", x, y)}
+    times = {name: ([], []) for name in variants}
+    for _ in range(rounds):
+        for name, (forward_backward, optimize) in variants.items():
+            for i in range(steps):
+                t0 = time.perf_counter()
+                loss = forward_backward()
+                t1 = time.perf_counter()
+                optimize(loss)
+                if i >= 2:
+                    times[name][0].append(t1 - t0)
+                    times[name][1].append(time.perf_counter() - t1)
+    costs = {name: {"forward_backward_ms": statistics.median(fb) * 1000, "optimizer_ms": statistics.median(opt) * 1000,
+                    "step_ms": statistics.median([a + b for a, b in zip(fb, opt)]) * 1000}
+             for name, (fb, opt) in times.items()}
+    for c in costs.values():
+        c["ratio"] = c["step_ms"] / costs["nanogpt"]["step_ms"]
+    return costs
 
 
 def print_comparison(c: dict) -> None:
@@ -259,6 +341,10 @@ def print_comparison(c: dict) -> None:
     for name in ("nanogpt", "kazgpt"):
         print(f"{name} whole-val curve: " + ", ".join(f"{p['iter']}: {p['full_val_loss']:.4f} ({p['train_s']:.1f}s)"
                                                        for p in c[name]["curve"]))
+    print(f"\nper step, interleaved on one batch {'fwd+bwd ms':>11s} {'optimizer ms':>13s} {'step ms':>8s} {'ratio':>6s}")
+    for name, r in c["step_cost"].items():
+        print(f"{name:34s} {r['forward_backward_ms']:11.2f} {r['optimizer_ms']:13.2f} {r['step_ms']:8.2f} "
+              f"{r['ratio']:5.2f}x")
     if c["time_to_nanogpt_loss_s"] is None:
         print(f"kazgpt did not reach nanoGPT's final whole-val loss {c['nanogpt']['full_val_loss']:.4f}")
     else:
