@@ -39,7 +39,7 @@ import torch
 
 from kazgpt.checkpoint import model_from_checkpoint
 from kazgpt.cli import ArgumentParser, UserError, run_main
-from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch
+from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch, load_dataset_meta
 from kazgpt.files import check_output, write_files_atomically
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, synchronize)
@@ -201,7 +201,7 @@ def copy_nanogpt(nanogpt_dir: Path, data_dir: Path, into: Path) -> Path:
     for split in ("train", "val"):
         shutil.copy(data_dir / f"{split}.bin", work / "data" / "kazgpt_bench" / f"{split}.bin")
     with open(work / "data" / "kazgpt_bench" / "meta.pkl", "wb") as f:
-        pickle.dump({"vocab_size": json.loads((data_dir / "meta.json").read_text())["vocab_size"]}, f)
+        pickle.dump({"vocab_size": load_dataset_meta(data_dir, 64)["vocab_size"]}, f)
     return work
 
 
@@ -232,6 +232,8 @@ def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str, architect
     same train.bin/val.bin. Every eval's checkpoint is scored on the whole val set (every
     non-overlapping window, the same for both), which gives each run's final loss and the
     training time at which this repo first reaches nanoGPT's final loss."""
+    vocab_size = load_dataset_meta(data_dir, 64)["vocab_size"]
+    step_cost = interleaved_step_costs(nanogpt_dir, vocab_size, optimizer, architecture)  # first: it fails fast
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         nano = copy_nanogpt(nanogpt_dir, data_dir, tmp)
@@ -253,8 +255,7 @@ def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str, architect
     results["time_to_nanogpt_loss_ratio"] = reached[0]["train_s"] / results["nanogpt"]["train_s"] if reached else None
     results["train_ratio"] = results["kazgpt"]["train_s"] / results["nanogpt"]["train_s"]
     results["wall_ratio"] = results["kazgpt"]["wall_s"] / results["nanogpt"]["wall_s"]
-    vocab_size = json.loads((data_dir / "meta.json").read_text())["vocab_size"]
-    results["step_cost"] = interleaved_step_costs(nanogpt_dir, vocab_size, optimizer, architecture)
+    results["step_cost"] = step_cost
     return results
 
 
@@ -264,10 +265,14 @@ def nanogpt_step(nanogpt_dir: Path, config: dict, x: torch.Tensor, y: torch.Tens
     spec = importlib.util.spec_from_file_location("nanogpt_model", nanogpt_dir / "model.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["nanogpt_model"] = module  # its dataclasses look their module up
-    with contextlib.redirect_stdout(io.StringIO()):
-        spec.loader.exec_module(module)
-        model = module.GPT(module.GPTConfig(**config, bias=False, dropout=0.0))
-        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            spec.loader.exec_module(module)
+            model = module.GPT(module.GPTConfig(**config, bias=False, dropout=0.0))
+            optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    except Exception as e:  # foreign code: whatever it raises means it is not the nanoGPT this expects
+        raise UserError(f"{nanogpt_dir / 'model.py'} is not nanoGPT's model.py as of 2023 or later "
+                        f"({type(e).__name__}: {str(e)[:120]}): pass a current nanoGPT checkout") from None
 
     def forward_backward() -> torch.Tensor:
         _, loss = model(x, y)
