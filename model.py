@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 # transformers keeps GPT-2's Conv1D layers, whose weights are the transpose of nn.Linear's
@@ -120,6 +121,7 @@ class _Rotate(torch.autograd.Function):
         return _turn(_at_least_float32(x), cos, sin).to(x.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         cos, sin = ctx.saved_tensors
         return _turn(_at_least_float32(grad), cos, sin.neg()).to(grad.dtype), None, None
@@ -144,6 +146,7 @@ class _RMSNormalize(torch.autograd.Function):
         return n.to(x.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         n, r = ctx.saved_tensors
         g = _at_least_float32(grad)
@@ -211,6 +214,7 @@ class _ReLUSquared(torch.autograd.Function):
         return r.square()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (r,) = ctx.saved_tensors
         return (r + r).mul_(grad)
