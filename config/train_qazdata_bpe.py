@@ -15,9 +15,11 @@ block_size = 64  # 64 tokens: about 250 characters of Kazakh
 n_layer = 4
 n_head = 4
 n_embd = 128
-dropout = 0.0
+dropout = 0.1  # 140k training tokens: the Muon recipe overfits them without it (BENCHMARKS.md)
 
-learning_rate = 1e-3
+# Muon at train.py's default rate (0.02) for the block matrices, AdamW for the rest (the 8192 x 128
+# embedding is most of this model): 0.01 and 3e-3, the char quick start's rates, overfit sooner
+learning_rate = 1e-3  # AdamW's
 max_iters = 2000
 lr_decay_iters = 2000
 min_lr = 1e-4
