@@ -21,7 +21,7 @@ two repos' steps taking turns so that a machine whose speed drifts slows both al
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import io
 import json
 import re
@@ -233,10 +233,10 @@ def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str, architect
     non-overlapping window, the same for both), which gives each run's final loss and the
     training time at which this repo first reaches nanoGPT's final loss."""
     vocab_size = load_dataset_meta(data_dir, 64)["vocab_size"]
-    step_cost = interleaved_step_costs(nanogpt_dir, vocab_size, optimizer, architecture)  # first: it fails fast
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         nano = copy_nanogpt(nanogpt_dir, data_dir, tmp)
+        step_cost = interleaved_step_costs(nano, vocab_size, optimizer, architecture)  # first: it fails fast
         flags = [*QUICK_START_FLAGS, f"--eval_interval={EVAL_INTERVAL}"]
         ours = [f"--optimizer={optimizer}", *(f"--{k}={v}" for k, v in ARCHITECTURES[architecture].items())]
         results = {
@@ -259,20 +259,23 @@ def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str, architect
     return results
 
 
-def nanogpt_step(nanogpt_dir: Path, config: dict, x: torch.Tensor, y: torch.Tensor) -> tuple:
-    """nanoGPT's model and optimizer at the quick start's size, from its checkout (its prints silenced),
-    as (forward and backward, optimizer step) the way its train.py runs them on a CPU."""
-    spec = importlib.util.spec_from_file_location("nanogpt_model", nanogpt_dir / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["nanogpt_model"] = module  # its dataclasses look their module up
+def nanogpt_step(nanogpt_copy: Path, config: dict, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """nanoGPT's model and optimizer at the quick start's size, from the temporary copy of its files
+    (its prints silenced), as (forward and backward, optimizer step) the way its train.py runs them
+    on a CPU."""
+    # imported under a name of its own: 'model' is this repo's
+    shutil.copy(nanogpt_copy / "model.py", nanogpt_copy / "nanogpt_model.py")
+    sys.path.insert(0, str(nanogpt_copy))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            spec.loader.exec_module(module)
+            module = importlib.import_module("nanogpt_model")
             model = module.GPT(module.GPTConfig(**config, bias=False, dropout=0.0))
             optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
     except Exception as e:  # foreign code: whatever it raises means it is not the nanoGPT this expects
-        raise UserError(f"{nanogpt_dir / 'model.py'} is not nanoGPT's model.py as of 2023 or later "
-                        f"({type(e).__name__}: {str(e)[:120]}): pass a current nanoGPT checkout") from None
+        raise UserError(f"the checkout's model.py is not nanoGPT's as of 2023 or later ({type(e).__name__}: "
+                        f"{str(e)[:120]}): pass a current nanoGPT checkout") from None
+    finally:
+        sys.path.remove(str(nanogpt_copy))
 
     def forward_backward() -> torch.Tensor:
         _, loss = model(x, y)
@@ -306,7 +309,7 @@ def kazgpt_step(config: dict, optimizer: str, architecture: str, x: torch.Tensor
     return forward_backward, optimize
 
 
-def interleaved_step_costs(nanogpt_dir: Path, vocab_size: int, optimizer: str, architecture: str,
+def interleaved_step_costs(nanogpt_copy: Path, vocab_size: int, optimizer: str, architecture: str,
                            rounds: int = 12, steps: int = 10) -> dict:
     """Milliseconds per training step of the quick-start model, forward and backward apart from the
     optimizer step, for nanoGPT, this repo's recipe, and this repo with nanoGPT's recipe (AdamW, GPT-2's
@@ -315,7 +318,7 @@ def interleaved_step_costs(nanogpt_dir: Path, vocab_size: int, optimizer: str, a
     torch.manual_seed(0)
     config = {"block_size": 64, "vocab_size": vocab_size, "n_layer": 4, "n_head": 4, "n_embd": 128}
     x, y = (torch.randint(0, vocab_size, (12, 64)) for _ in range(2))
-    variants = {"nanogpt": nanogpt_step(nanogpt_dir, config, x, y),
+    variants = {"nanogpt": nanogpt_step(nanogpt_copy, config, x, y),
                 f"kazgpt ({optimizer}, {architecture})": kazgpt_step(config, optimizer, architecture, x, y),
                 "kazgpt (adamw, gpt2)": kazgpt_step(config, "adamw", "gpt2", x, y)}
     times = {name: ([], []) for name in variants}
@@ -346,7 +349,8 @@ def print_comparison(c: dict) -> None:
     for name in ("nanogpt", "kazgpt"):
         print(f"{name} whole-val curve: " + ", ".join(f"{p['iter']}: {p['full_val_loss']:.4f} ({p['train_s']:.1f}s)"
                                                        for p in c[name]["curve"]))
-    print(f"\nper step, interleaved on one batch {'fwd+bwd ms':>11s} {'optimizer ms':>13s} {'step ms':>8s} {'ratio':>6s}")
+    header = f"{'fwd+bwd ms':>11s} {'optimizer ms':>13s} {'step ms':>8s} {'ratio':>6s}"
+    print(f"\nper step, interleaved on one batch {header}")
     for name, r in c["step_cost"].items():
         print(f"{name:34s} {r['forward_backward_ms']:11.2f} {r['optimizer_ms']:13.2f} {r['step_ms']:8.2f} "
               f"{r['ratio']:5.2f}x")
