@@ -259,10 +259,9 @@ def compare_nanogpt(nanogpt_dir: Path, data_dir: Path, optimizer: str, architect
     return results
 
 
-def nanogpt_step(nanogpt_copy: Path, config: dict, x: torch.Tensor, y: torch.Tensor) -> tuple:
+def nanogpt_step(nanogpt_copy: Path, config: dict) -> tuple:
     """nanoGPT's model and optimizer at the quick start's size, from the temporary copy of its files
-    (its prints silenced), as (forward and backward, optimizer step) the way its train.py runs them
-    on a CPU."""
+    (its prints silenced), as (model, optimizer step) the way its train.py runs them on a CPU."""
     # imported under a name of its own: 'model' is this repo's
     shutil.copy(nanogpt_copy / "model.py", nanogpt_copy / "nanogpt_model.py")
     sys.path.insert(0, str(nanogpt_copy))
@@ -277,36 +276,26 @@ def nanogpt_step(nanogpt_copy: Path, config: dict, x: torch.Tensor, y: torch.Ten
     finally:
         sys.path.remove(str(nanogpt_copy))
 
-    def forward_backward() -> torch.Tensor:
-        _, loss = model(x, y)
-        loss.backward()
-        return loss
-
     def optimize(loss: torch.Tensor) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss.item()
 
-    return forward_backward, optimize
+    return model, optimize
 
 
-def kazgpt_step(config: dict, optimizer: str, architecture: str, x: torch.Tensor, y: torch.Tensor) -> tuple:
-    """This repo's model and optimizers at the same size, as (forward and backward, optimizer step)."""
+def kazgpt_step(config: dict, optimizer: str, architecture: str) -> tuple:
+    """This repo's model and optimizers at the same size, as (model, optimizer step)."""
     model = GPT(GPTConfig(**config, bias=False, **ARCHITECTURES[architecture]))
     optimizers = build_optimizers(model, optimizer, 1e-3, 0.1, (0.9, 0.99), 0.01, 0.95, "cpu")
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-
-    def forward_backward() -> torch.Tensor:
-        _, loss = model(x, y)
-        loss.backward()
-        return loss
 
     def optimize(loss: torch.Tensor) -> None:
         step_optimizers(optimizers, scaler, model.parameters(), 1.0)
         loss.item()
 
-    return forward_backward, optimize
+    return model, optimize
 
 
 def interleaved_step_costs(nanogpt_copy: Path, vocab_size: int, optimizer: str, architecture: str,
@@ -318,15 +307,16 @@ def interleaved_step_costs(nanogpt_copy: Path, vocab_size: int, optimizer: str, 
     torch.manual_seed(0)
     config = {"block_size": 64, "vocab_size": vocab_size, "n_layer": 4, "n_head": 4, "n_embd": 128}
     x, y = (torch.randint(0, vocab_size, (12, 64)) for _ in range(2))
-    variants = {"nanogpt": nanogpt_step(nanogpt_copy, config, x, y),
-                f"kazgpt ({optimizer}, {architecture})": kazgpt_step(config, optimizer, architecture, x, y),
-                "kazgpt (adamw, gpt2)": kazgpt_step(config, "adamw", "gpt2", x, y)}
+    variants = {"nanogpt": nanogpt_step(nanogpt_copy, config),
+                f"kazgpt ({optimizer}, {architecture})": kazgpt_step(config, optimizer, architecture),
+                "kazgpt (adamw, gpt2)": kazgpt_step(config, "adamw", "gpt2")}
     times = {name: ([], []) for name in variants}
     for _ in range(rounds):
-        for name, (forward_backward, optimize) in variants.items():
+        for name, (model, optimize) in variants.items():
             for i in range(steps):
                 t0 = time.perf_counter()
-                loss = forward_backward()
+                _, loss = model(x, y)
+                loss.backward()
                 t1 = time.perf_counter()
                 optimize(loss)
                 if i >= 2:

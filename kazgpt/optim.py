@@ -12,6 +12,7 @@ scales all of them together (lr_multiplier).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -81,15 +82,15 @@ def orthogonalize_by_gram(x: torch.Tensor, steps: int) -> torch.Tensor:
 def orthogonalize_all(updates: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
     """Each update matrix orthogonalized (in dtype, returned in its own), the matrices of one shape in
     one batch; a tall matrix joins the wide ones of its transposed shape."""
+    tall = [u.size(0) > u.size(1) for u in updates]
+    wide = [u.mT if t else u for u, t in zip(updates, tall)]
     by_shape: dict[torch.Size, list[int]] = {}
-    for i, u in enumerate(updates):
-        by_shape.setdefault(u.mT.shape if u.size(0) > u.size(1) else u.shape, []).append(i)
-    directions: list[torch.Tensor] = [torch.empty(0)] * len(updates)
+    for i, w in enumerate(wide):
+        by_shape.setdefault(w.shape, []).append(i)
+    directions: list[Optional[torch.Tensor]] = [None] * len(updates)
     for indices in by_shape.values():
-        wide = [updates[i].mT if updates[i].size(0) > updates[i].size(1) else updates[i] for i in indices]
-        for i, d in zip(indices, orthogonalize(torch.stack(wide).to(dtype))):
-            u = updates[i]
-            directions[i] = (d.mT if u.size(0) > u.size(1) else d).to(u.dtype)
+        for i, d in zip(indices, orthogonalize(torch.stack([wide[i] for i in indices]).to(dtype))):
+            directions[i] = (d.mT if tall[i] else d).to(updates[i].dtype)
     return directions
 
 
