@@ -270,7 +270,7 @@ def nanogpt_step(nanogpt_copy: Path, config: dict) -> tuple:
             module = importlib.import_module("nanogpt_model")
             model = module.GPT(module.GPTConfig(**config, bias=False, dropout=0.0))
             optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
-    except Exception as e:  # foreign code: whatever it raises means it is not the nanoGPT this expects
+    except (Exception, SystemExit) as e:  # foreign code: whatever it raises means it is not the nanoGPT expected
         raise UserError(f"the checkout's model.py is not nanoGPT's as of 2023 or later ({type(e).__name__}: "
                         f"{str(e)[:120]}): pass a current nanoGPT checkout") from None
     finally:
