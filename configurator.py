@@ -11,12 +11,16 @@ full rights of the user who starts the script, as nanoGPT's do: only run config 
 
 Strict: an unknown key is an error naming the closest known one, and a value of the wrong type is
 an error. An int is fine where a float is expected, true/false (any case) where a bool is, and
-None where the key may be None. A bare `--flag` sets a bool key to True.
+None where the key may be None. A bare `--flag` sets a bool key to True. `--help` (or `-h`)
+prints the script's description and every key with its default, and exits.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
+import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -101,6 +105,9 @@ def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = Tr
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     hints = typing.get_type_hints(config_cls)
     values: dict[str, Any] = {}
+    if any(arg in ("-h", "--help") for arg in argv):
+        print0(help_text(config_cls))
+        raise SystemExit(0)
 
     def apply(key: str, value: Any, source: str, from_cli: bool) -> None:
         if key in (retired or {}):
@@ -125,6 +132,28 @@ def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = Tr
             for key, value in read_config_file(arg).items():
                 apply(key, value, f"config file {arg}", from_cli=False)
     return values
+
+
+def help_text(config_cls: type) -> str:
+    """The running script's docstring, then config_cls's keys as --key=default, in the class's order
+    and with its comments (the lines of comment between keys, and each key's own)."""
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                for f in dataclasses.fields(config_cls)}
+    try:
+        source = inspect.getsource(config_cls).splitlines()
+    except (OSError, TypeError):  # no source to read: the keys without their comments
+        source = [f"    {name}:" for name in defaults]
+    lines = [(sys.modules["__main__"].__doc__ or "").strip(), "",
+             f"usage: python {Path(sys.argv[0]).name} [config_file.py ...] [--key=value ...]",
+             "(later ones override earlier ones); the keys, with their defaults:"]
+    for line in source:
+        field = re.match(r"\s+(\w+):[^#]*(#.*)?$", line)
+        if field and field.group(1) in defaults:
+            key, comment = field.group(1), field.group(2)
+            lines.append(f"  --{key}={defaults[key]!r}" + (f"  {comment}" if comment else ""))
+        elif line.strip().startswith("#"):
+            lines.append(f"  {line.strip()}")
+    return "\n".join(lines)
 
 
 def config_dict(config: Any) -> dict[str, Any]:

@@ -36,9 +36,9 @@ GPT2_FILES = {  # where tiktoken fetches GPT-2's BPE files; with TIKTOKEN_CACHE_
 
 @dataclass
 class ExportConfig:
-    out_dir: str = "out"
-    checkpoint: str = "best.pt"
-    export_dir: str = "hf-export"
+    out_dir: str = "out"  # the run whose checkpoint is exported
+    checkpoint: str = "best.pt"  # which file of out_dir; falls back to the other of ckpt.pt/best.pt
+    export_dir: str = "hf-export"  # the new folder (absent or empty) that receives the transformers model
 
 
 def to_transformers(model: GPT, eot_token: Optional[int], vocab_size: int):

@@ -5,6 +5,7 @@ import pytest
 
 from kazgpt.cli import UserError
 from configurator import load_config
+from conftest import REPO
 
 
 @dataclass
@@ -87,3 +88,21 @@ def test_repo_configs_load():
     assert len(configs) >= 7
     for path in configs:
         load_config(TrainConfig, [str(path)], verbose=False)
+
+
+@pytest.mark.parametrize("script, flag, key", [("train.py", "--help", "--learning_rate=0.0006"),
+                                               ("sample.py", "-h", "--temperature=0.8"),
+                                               ("eval_qa.py", "--help", "--modes="),
+                                               ("export_hf.py", "-h", "--export_dir='hf-export'"),
+                                               ("plot.py", "--help", "--png=None")])
+def test_help_lists_the_keys(tmp_path, script, flag, key):
+    """--help (or -h), even among other flags, prints the script's description and each key with its
+    default and comment, exits 0, and does nothing else (no out_dir made)."""
+    from conftest import run
+
+    proc = run(script, f"--out_dir={tmp_path / 'out'}", flag, "--no_such_key=1")
+    first_doc_line = (REPO / script).read_text().split('"""')[1].strip().splitlines()[0]
+    assert first_doc_line in proc.stdout
+    assert any(line.strip().startswith(key) for line in proc.stdout.splitlines()), proc.stdout
+    assert "  # " in proc.stdout  # the keys' comments come along
+    assert not (tmp_path / "out").exists() and proc.stderr == ""
