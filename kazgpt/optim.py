@@ -12,6 +12,7 @@ scales all of them together (lr_multiplier).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -40,46 +41,67 @@ def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, 
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, fused=fused)
 
 
-NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's (Keller Jordan's) quintic iteration
-NS_STEPS = 5
+@dataclass(frozen=True)
+class NewtonSchulz:
+    """An orthogonalization X -> ~UV^T (X = USV^T) by quintic steps X <- aX + bAX + cA^2X, A = XX^T,
+    one (a, b, c) per step, from X scaled so that its largest singular value is at most 1: by its
+    Frobenius norm ('frobenius', torch.optim.Muon's), or by ||A^2||_F^(1/4) = (sum of s^8)^(1/8)
+    ('spectral'), a bound on the largest singular value that is much closer to it, so that fewer
+    steps bring the small singular values up."""
+    coefficients: tuple[tuple[float, float, float], ...]
+    scaling: str
 
 
-def orthogonalize(updates: torch.Tensor, steps: int = NS_STEPS, eps: float = 1e-7) -> torch.Tensor:
-    """Newton-Schulz orthogonalization of a batch of matrices (n, rows, cols), all at once: each is
-    scaled to Frobenius norm 1, then X <- aX + (bA + cA^2)X with A = XX^T on its short side.
-    Matrices at least twice as long as wide in float32 or float64 run the same iteration on A alone
-    (orthogonalize_by_gram): fewer FLOPs, the same result to rounding (tests/test_optim.py)."""
+# torch.optim.Muon's (Keller Jordan's) iteration: five equal steps, every singular value of X from
+# 0.001 of the Frobenius norm upward ending in [0.47, 1.2]
+TORCH_NEWTON_SCHULZ = NewtonSchulz(((3.4445, -4.7750, 2.0315),) * 5, "frobenius")
+# Three steps fitted for this repo (the largest |log s_final| over s in [0.01, 1] made as small as
+# Nelder-Mead found from Jordan's): every singular value from 0.01 of the bound upward ends in
+# [0.64, 1.5] (tests/test_optim.py). Beside five of torch's it trains to the same loss (BENCHMARKS.md).
+NEWTON_SCHULZ = NewtonSchulz(((4.6418, -7.5473, 3.499), (3.705, -3.9674, 1.1001), (3.9063, -4.4304, 1.4535)),
+                             "spectral")
+
+
+def orthogonalize(updates: torch.Tensor, iteration: NewtonSchulz = NEWTON_SCHULZ, eps: float = 1e-7) -> torch.Tensor:
+    """A batch of matrices (n, rows, cols) orthogonalized all at once by `iteration`, on their short
+    side s. Matrices at least twice as long (l) as wide, in float32 or float64, take their steps on A
+    alone (every iterate is P X with P a polynomial in A; with Q = aI + bA + cA^2 a step is P <- QP
+    and A <- QAQ, as Q and A commute), so that X is multiplied only twice: 4 s^2 l FLOPs in all and
+    8 s^3 a step, against 4 s^2 l + 2 s^3 a step, with the same result to rounding
+    (tests/test_optim.py). Not in bf16: A's rounding compounds there."""
     tall = updates.size(-2) > updates.size(-1)
     x = updates.mT if tall else updates
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    if x.size(-1) >= 2 * x.size(-2) and x.dtype in (torch.float32, torch.float64):
-        x = orthogonalize_by_gram(x, steps)
-    else:
-        a, b, c = NS_COEFFICIENTS
-        for _ in range(steps):
-            gram = x @ x.mT  # (n, short, short)
-            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    gram = x @ x.mT  # (n, s, s)
+    square = gram @ gram
+    scale = 1.0  # X's further scaling, applied to the small matrices that multiply it (X is large)
+    if iteration.scaling == "spectral":
+        bound = square.norm(dim=(-2, -1), keepdim=True).clamp(min=eps**4)  # (sum of s^8)^(1/2), at most 1 here
+        scale, gram, square = bound.rsqrt().sqrt(), gram / bound.sqrt(), square / bound
+    by_gram = x.size(-1) >= 2 * x.size(-2) and x.dtype in (torch.float32, torch.float64)
+    poly = None
+    last = len(iteration.coefficients) - 1
+    for step, (a, b, c) in enumerate(iteration.coefficients):
+        if step == 0:  # A^2 is at hand from the scaling
+            q = square.mul(c).add_(gram, alpha=b)
+        else:
+            q = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        q.diagonal(dim1=-2, dim2=-1).add_(a)  # aI + bA + cA^2
+        if by_gram:
+            poly = q if poly is None else q @ poly
+            if step < last:  # the last step's A would go unused
+                gram = q @ (gram @ q)
+        else:
+            x = (q * scale if step == 0 else q) @ x
+            if step < last:
+                gram = x @ x.mT
+    if by_gram:
+        x = (poly * scale) @ x
     return x.mT if tall else x
 
 
-def orthogonalize_by_gram(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """The Newton-Schulz iteration for wide x (n, s, l), l >= 2s, done in s x s matrices: every
-    iterate is P X with P a polynomial in A = XX^T, so with Q = aI + bA + cA^2 one step is P <- QP and
-    A <- QAQ (Q and A commute), and X is multiplied only twice (A at the start, P X at the end):
-    4 s^2 l + 8 steps s^3 FLOPs against steps (4 s^2 l + 2 s^3). Not in bf16: A's rounding compounds."""
-    a, b, c = NS_COEFFICIENTS
-    gram = x @ x.mT  # (n, s, s)
-    poly = None
-    for step in range(steps):
-        q = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-        q.diagonal(dim1=-2, dim2=-1).add_(a)  # aI + bA + cA^2
-        poly = q if poly is None else q @ poly
-        if step < steps - 1:  # the last step's A would go unused
-            gram = q @ (gram @ q)
-    return poly @ x
-
-
-def orthogonalize_all(updates: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+def orthogonalize_all(updates: list[torch.Tensor], dtype: torch.dtype,
+                      iteration: NewtonSchulz = NEWTON_SCHULZ) -> list[torch.Tensor]:
     """Each update matrix orthogonalized (in dtype, returned in its own), the matrices of one shape in
     one batch; a tall matrix joins the wide ones of its transposed shape."""
     tall = [u.size(0) > u.size(1) for u in updates]
@@ -89,21 +111,23 @@ def orthogonalize_all(updates: list[torch.Tensor], dtype: torch.dtype) -> list[t
         by_shape.setdefault(w.shape, []).append(i)
     directions: list[Optional[torch.Tensor]] = [None] * len(updates)
     for indices in by_shape.values():
-        for i, d in zip(indices, orthogonalize(torch.stack([wide[i] for i in indices]).to(dtype))):
+        for i, d in zip(indices, orthogonalize(torch.stack([wide[i] for i in indices]).to(dtype), iteration)):
             directions[i] = (d.mT if tall[i] else d).to(updates[i].dtype)
     return directions
 
 
 class Muon(torch.optim.Optimizer):
-    """torch.optim.Muon's update as this repo configures it (Nesterov momentum, five Newton-Schulz
-    steps, the rate scaled by sqrt(max(1, rows/cols)), no weight decay, the same state), with the
-    iteration run on all matrices of one shape at once and in a dtype of the caller's choosing.
-    torch's runs matrix by matrix in bfloat16, which a CPU without bf16 kernels runs ~20x slower
-    than the whole AdamW step (BENCHMARKS.md); tests check this class against torch.optim.Muon."""
+    """torch.optim.Muon's update as this repo configures it (Nesterov momentum, the rate scaled by
+    sqrt(max(1, rows/cols)), no weight decay, the same state), with the orthogonalization run on all
+    matrices of one shape at once, in a dtype of the caller's choosing, and by this repo's three steps
+    (NEWTON_SCHULZ) unless told otherwise. torch's runs matrix by matrix in bfloat16, which a CPU
+    without bf16 kernels runs ~20x slower than the whole AdamW step (BENCHMARKS.md); tests check this
+    class, given torch's iteration, against torch.optim.Muon."""
 
-    def __init__(self, params, lr: float, momentum: float, ns_dtype: torch.dtype):
+    def __init__(self, params, lr: float, momentum: float, ns_dtype: torch.dtype,
+                 iteration: NewtonSchulz = NEWTON_SCHULZ):
         super().__init__(params, {"lr": lr, "momentum": momentum})
-        self.ns_dtype = ns_dtype
+        self.ns_dtype, self.iteration = ns_dtype, iteration
 
     def _momentum_buffer(self, p: torch.Tensor) -> torch.Tensor:
         state = self.state[p]
@@ -121,7 +145,7 @@ class Muon(torch.optim.Optimizer):
             buffers = [self._momentum_buffer(p) for p in params]
             torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
             updates = torch._foreach_lerp(grads, buffers, group["momentum"])  # Nesterov
-            for p, direction in zip(params, orthogonalize_all(updates, self.ns_dtype)):
+            for p, direction in zip(params, orthogonalize_all(updates, self.ns_dtype, self.iteration)):
                 p.add_(direction, alpha=-group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1))))
 
 
@@ -131,8 +155,9 @@ def newton_schulz_dtype(training_dtype: str) -> torch.dtype:
     return torch.bfloat16 if training_dtype == "bfloat16" else torch.float32
 
 
-def muon(params: list[nn.Parameter], lr: float, momentum: float, ns_dtype: torch.dtype = torch.float32) -> Muon:
-    return Muon([{"params": params, "base_lr": lr}], lr=lr, momentum=momentum, ns_dtype=ns_dtype)
+def muon(params: list[nn.Parameter], lr: float, momentum: float, ns_dtype: torch.dtype = torch.float32,
+         iteration: NewtonSchulz = NEWTON_SCHULZ) -> Muon:
+    return Muon([{"params": params, "base_lr": lr}], lr=lr, momentum=momentum, ns_dtype=ns_dtype, iteration=iteration)
 
 
 def build_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
