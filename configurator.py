@@ -113,7 +113,8 @@ def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = Tr
         if key in (retired or {}):
             raise UserError(f"config key '{key}' in {source} is no longer used: {retired[key]}")
         if key not in fields:
-            raise UserError(f"unknown config key '{key}' in {source}{closest(key, fields)}")
+            hint = closest(key, fields) or " (--help lists the keys)"
+            raise UserError(f"unknown config key '{key}' in {source}{hint}")
         if from_cli:
             value = parse_cli_value(value, hints[key])
         values[key] = coerce(key, value, hints[key], source)
@@ -125,7 +126,7 @@ def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = Tr
             key, sep, raw = arg[2:].partition("=")
             if not sep and key in hints and hints[key] is bool:
                 raw = "True"  # a bare --flag switches a bool on
-            elif not sep:
+            elif not sep and key in hints:
                 raise UserError(f"option {arg} has no value: write --{key}=VALUE")
             apply(key, raw, "the command line", from_cli=True)
         else:

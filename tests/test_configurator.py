@@ -52,6 +52,8 @@ def test_config_file_then_cli_in_order(tmp_path):
         (["--decay_lr=2"], "decay_lr must be bool"),
         (["--batch_size=None"], "batch_size must be int, got None"),
         (["--batch_size"], "option --batch_size has no value"),
+        (["--batch_sise"], "unknown config key 'batch_sise' in the command line (did you mean 'batch_size'?)"),
+        (["--zzz=1"], "unknown config key 'zzz' in the command line (--help lists the keys)"),
         (["missing_config.py"], "config file missing_config.py not found"),
     ],
 )
