@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from kazgpt.checkpoint import model_from_checkpoint
-from kazgpt.cli import ArgumentParser, UserError, run_main
+from kazgpt.cli import ArgumentParser, UserError, not_a_file, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch, load_dataset_meta
 from kazgpt.files import check_output, write_files_atomically
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
@@ -431,8 +431,9 @@ def check_args(args, names: list[str]) -> None:
     if args.iters is not None and args.iters < 1:
         raise UserError(f"--iters must be at least 1, got {args.iters}")
     check_output(Path(args.json), made_by_bench, "results (--json)")
-    if args.retrieval and not Path(args.retrieval).exists():
-        raise UserError(f"--retrieval {args.retrieval} does not exist: pass a KazQAD JSON Lines file or folder")
+    problem = args.retrieval and not_a_file(Path(args.retrieval), folder_ok=True)
+    if problem:
+        raise UserError(f"--retrieval {args.retrieval} {problem}: pass a KazQAD JSON Lines file or folder")
     if args.compare_nanogpt:
         nano = Path(args.compare_nanogpt)
         missing = [f for f in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py")

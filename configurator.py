@@ -26,7 +26,7 @@ import typing
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from kazgpt.cli import UserError, closest, print0
+from kazgpt.cli import UserError, closest, not_a_file, print0
 
 Config = TypeVar("Config")
 
@@ -78,9 +78,10 @@ def parse_cli_value(raw: str, annotation: Any) -> Any:
 def read_config_file(path: str) -> dict[str, Any]:
     """The overrides a Python config file sets."""
     p = Path(path)
-    if not p.is_file():
+    problem = not_a_file(p)
+    if problem:
         hint = " (options are written --key=value)" if not path.startswith("-") and "=" in path else ""
-        raise UserError(f"config file {path} not found{hint}")
+        raise UserError(f"config file {path} {problem}{hint}")
     namespace: dict[str, Any] = {}
     try:
         exec(compile(p.read_text(encoding="utf-8"), str(p), "exec"), namespace)

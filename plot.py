@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import configurator
-from kazgpt.cli import UserError, run_main
+from kazgpt.cli import UserError, not_a_file, run_main
 from kazgpt.files import check_output, commit, temporary_name
 
 MADE_BY = "kazgpt plot.py"  # the image's Creator: plot.py replaces only images it made
@@ -40,8 +40,9 @@ class PlotConfig:
 def read_run_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
     """(training steps, evaluations) of a run, the later entry winning where a resumed run repeats an iteration."""
     path = out_dir / "log.jsonl"
-    if not path.exists():
-        raise UserError(f"{path} not found: train.py writes it into out_dir while training")
+    problem = not_a_file(path)
+    if problem:
+        raise UserError(f"{path} {problem}: train.py writes it into out_dir while training")
     steps, evals, skipped = {}, {}, []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         entry = log_entry(line)

@@ -15,18 +15,18 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 import configurator
 from kazgpt.checkpoint import load_model
-from kazgpt.cli import UserError, run_main
+from kazgpt.cli import UserError, not_a_file, run_main
 from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, line_end_tokens, passage_constraint, stream_text
 from kazgpt.kazqad import nfc
 from kazgpt.qa_examples import question_prompt
-from kazgpt.retrieval import open_index, read_collection
+from kazgpt.retrieval import PassageIndex, open_index, read_collection
 from model import decode_one_token
 
 
@@ -76,8 +76,9 @@ def read_text_arg(value: str, key: str) -> str:
     """The text of a --start/--context value: itself, or the file FILE:path names."""
     if value.startswith("FILE:"):
         path = Path(value[5:])
-        if not path.is_file():
-            raise UserError(f"file {path} not found (from --{key}=FILE:{path})")
+        problem = not_a_file(path)
+        if problem:
+            raise UserError(f"file {path} {problem} (from --{key}=FILE:{path})")
         try:
             return nfc(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
@@ -123,29 +124,38 @@ def answer_questions(lines, tokenizer, generate, ask) -> None:
         print(flush=True)
 
 
-def make_asker(cfg: SampleConfig, tokenizer, block_size: int):
-    """ask(question) -> (the prompt, a line naming the passage it is asked from, or None): closed-book,
-    from --context, or from the passage that BM25 retrieves from --collection."""
+def passage_source(cfg: SampleConfig) -> Union[PassageIndex, tuple[str, Optional[str]]]:
+    """What the questions are asked from, read before the model loads so that a bad path fails at
+    once: the BM25 index of --collection, --context's (title, passage), or ('', None) (closed-book)."""
     if cfg.context and cfg.collection:
         raise UserError("--context and --collection both give the passage: use one of them")
     if cfg.collection:
-        index = open_index(read_collection(cfg.collection), cfg.index_dir)
+        return open_index(read_collection(cfg.collection), cfg.index_dir)
+    return read_context(cfg.context) if cfg.context else ("", None)
 
-        def ask(question: str) -> tuple[str, Optional[str]]:
-            hits = index.search(question, 1)
-            if not hits:
-                return question_prompt(question, tokenizer, block_size), "[source: none found, asked closed-book]"
-            passage = index.passages[hits[0][0]]
-            return (question_prompt(question, tokenizer, block_size, passage.title, passage.text),
-                    f"[source: {passage.title or passage.text[:60]}]")
-        return ask
-    title, passage = read_context(cfg.context) if cfg.context else ("", None)
-    return lambda question: (question_prompt(question, tokenizer, block_size, title, passage), None)
+
+def make_asker(source: Union[PassageIndex, tuple[str, Optional[str]]], tokenizer, block_size: int):
+    """ask(question) -> (the prompt, a line naming the passage it is asked from, or None): closed-book,
+    from --context, or from the passage that BM25 retrieves from --collection (passage_source)."""
+    if isinstance(source, tuple):
+        title, passage = source
+        return lambda question: (question_prompt(question, tokenizer, block_size, title, passage), None)
+
+    def ask(question: str) -> tuple[str, Optional[str]]:
+        hits = source.search(question, 1)
+        if not hits:
+            return question_prompt(question, tokenizer, block_size), "[source: none found, asked closed-book]"
+        passage = source.passages[hits[0][0]]
+        return (question_prompt(question, tokenizer, block_size, passage.title, passage.text),
+                f"[source: {passage.title or passage.text[:60]}]")
+    return ask
 
 
 def main() -> None:
     cfg = configurator.load_config(SampleConfig, sys.argv[1:], verbose=False)
     check_ranges(cfg)
+    start = read_text_arg(cfg.start, "start")  # the inputs first: a bad path fails before the model loads
+    source = passage_source(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
@@ -161,11 +171,11 @@ def main() -> None:
         constraint = passage_constraint(tokenizer, prompt, end_tokens) if extract else None
         return stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype, cfg.temperature, cfg.top_k,
                            cfg.top_p, generator=generator, decode_step=decode_step, constraint=constraint)
-    ask = make_asker(cfg, tokenizer, model.config.block_size)
+    ask = make_asker(source, tokenizer, model.config.block_size)
     if cfg.interactive:
         answer_questions(sys.stdin, tokenizer, generate, ask)
         return
-    prompt = read_text_arg(cfg.start, "start")
+    prompt = start
     if asking:  # --start is the question
         question = " ".join(prompt.split()).removesuffix(":")
         if not question:

@@ -6,7 +6,8 @@ import argparse
 import difflib
 import os
 import sys
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
 
 
 class UserError(Exception):
@@ -50,6 +51,17 @@ def print0(*args: Any, **kwargs: Any) -> None:
     """print() on rank 0 only, so that a DDP run logs each line once."""
     if is_rank0():
         print(*args, **kwargs, flush=True)
+
+
+def not_a_file(path: Path, folder_ok: bool = False) -> Optional[str]:
+    """Why path cannot be read as an input file, or None: it does not exist, is a folder (unless
+    folder_ok), or is no regular file (a device such as /dev/zero, a pipe, a socket), which reading
+    to its end could never finish."""
+    if path.is_file() or (folder_ok and path.is_dir()):
+        return None
+    if path.is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file" if path.exists() else "does not exist"
 
 
 def closest(name: str, known: Iterable[str]) -> str:

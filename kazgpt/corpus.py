@@ -18,7 +18,7 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from kazgpt.cli import ArgumentParser, UserError
+from kazgpt.cli import ArgumentParser, UserError, not_a_file
 from kazgpt.dataset import DATASET_FILES, meta_text
 from kazgpt.files import remove_stale_temporaries, temporary_name, write_files_atomically
 from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
@@ -41,8 +41,9 @@ def check_corpus_args(args: argparse.Namespace) -> None:
         raise UserError(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
     if args.num_proc < 1:
         raise UserError(f"--num_proc must be at least 1, got {args.num_proc}")
-    if args.source is not None and not Path(args.source).exists():
-        raise UserError(f"--source {args.source} does not exist")
+    problem = None if args.source is None else not_a_file(Path(args.source), folder_ok=True)
+    if problem:
+        raise UserError(f"--source {args.source} {problem}: pass a file or a folder of files")
 
 
 def iter_local_documents(path: Path, title_field: Optional[str] = None) -> Iterator[str]:

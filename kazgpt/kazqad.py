@@ -19,7 +19,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from kazgpt.cli import ArgumentParser, UserError
+from kazgpt.cli import ArgumentParser, UserError, not_a_file
 
 KAZQAD_HUB_ID = ("issai/kazqad", "kazqad")
 NQ_TRANSLATE_HUB_ID = ("issai/kazqad", "nq-translate-kk")  # ~61k machine-translated triples, same schema
@@ -199,9 +199,12 @@ def read_kazqad_examples(source: Optional[str], hub_id: tuple[str, str] = KAZQAD
     if source is None:
         return _download_kazqad(hub_id)
     path = Path(source).expanduser()
-    if not path.exists():
-        raise UserError(f"--source {source} does not exist: pass a KazQAD JSON Lines file or folder, or a .txt file")
-    files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json")) if path.is_dir() else [path]
+    problem = not_a_file(path, folder_ok=True)
+    if problem:
+        raise UserError(f"--source {source} {problem}: pass a KazQAD JSON Lines file or folder, or a .txt file")
+    files = [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json") and p.is_file())
     if not files:
         raise UserError(f"{path} holds no .jsonl files: pass a folder of KazQAD JSON Lines files")
     splits: dict[str, list[dict]] = {}

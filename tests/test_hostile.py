@@ -362,3 +362,22 @@ def test_bad_options_of_the_argparse_scripts_are_one_line(script, args, fragment
     proc = run(script, *args, f"--out_dir={tmp_path / 'out'}" if "prepare" in script else "--models=", check=False)
     assert_one_line_error(proc, fragment, "--help")
     assert "usage:" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script, args, fragment", [
+    ("data/qazdata_char/prepare.py", ["--source=/dev/zero"], "--source /dev/zero is not a regular file"),
+    ("data/kkwiki/prepare.py", ["--source=/dev/zero"], "--source /dev/zero is not a regular file"),
+    ("sample.py", ["/dev/zero"], "config file /dev/zero is not a regular file"),
+    ("sample.py", ["--start=FILE:{tmp}"], "is a folder, not a file (from --start=FILE:"),
+    ("plot.py", ["--out_dir={tmp}"], "log.jsonl is a folder, not a file"),
+])
+def test_inputs_that_are_no_regular_file(script, args, fragment, tmp_path):
+    """A path given as an input that is a device (reading /dev/zero to its end never ends), or a
+    folder where a file belongs, is one line naming what it is, quickly (before any model loads),
+    and no file is written."""
+    (tmp_path / "log.jsonl").mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = [f"--out_dir={tmp_path / 'out'}"] if "prepare" in script else []
+    proc = run(script, *args, *out, check=False, timeout=120)
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
