@@ -54,7 +54,7 @@ def test_config_file_then_cli_in_order(tmp_path):
         (["--batch_size"], "option --batch_size has no value"),
         (["--batch_sise"], "unknown config key 'batch_sise' in the command line (did you mean 'batch_size'?)"),
         (["--zzz=1"], "unknown config key 'zzz' in the command line (--help lists the keys)"),
-        (["missing_config.py"], "config file missing_config.py not found"),
+        (["missing_config.py"], "config file missing_config.py does not exist"),
     ],
 )
 def test_rejected(argv, message):

@@ -81,7 +81,7 @@ def test_bad_config_values(trained, args, fragments):
 
 def test_config_files(trained, tmp_path):
     missing = run("train.py", str(tmp_path / "nope.py"), check=False)
-    assert_one_line_error(missing, "config file", "nope.py not found")
+    assert_one_line_error(missing, "config file", "nope.py does not exist")
     raises = tmp_path / "raises.py"
     raises.write_text("batch_size = undefined_name\n")
     assert_one_line_error(run("train.py", str(raises), check=False), "raises.py failed: NameError")
@@ -300,7 +300,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     "args, fragment",
     [
         (["--start=Өзен €✓"], "outside this model's vocabulary: '€' '✓'"),
-        (["--start=FILE:/no/such/prompt.txt"], "file /no/such/prompt.txt not found (from --start"),
+        (["--start=FILE:/no/such/prompt.txt"], "file /no/such/prompt.txt does not exist (from --start"),
         (["--max_new_tokens=0"], "max_new_tokens must be at least 1"),
         (["--temperature=0"], "temperature must be above 0"),
         (["--temperature=-1"], "temperature must be above 0"),

@@ -174,7 +174,7 @@ def test_questions_about_a_passage(trained_char, tmp_path):
     assert "cannot hold this question" in proc.stderr
     missing = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", "--interactive",
                   f"--context=FILE:{tmp_path / 'none.txt'}", check=False)
-    assert missing.returncode == 2 and "none.txt not found (from --context" in missing.stderr
+    assert missing.returncode == 2 and "none.txt does not exist (from --context" in missing.stderr
 
 
 def test_wandb_offline(trained_char, tmp_path):
