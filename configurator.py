@@ -148,13 +148,16 @@ def help_text(config_cls: type) -> str:
     lines = [(sys.modules["__main__"].__doc__ or "").strip(), "",
              f"usage: python {Path(sys.argv[0]).name} [config_file.py ...] [--key=value ...]",
              "(later ones override earlier ones); the keys, with their defaults:"]
+    listed = set()
     for line in source:
         field = re.match(r"\s+(\w+):[^#]*(#.*)?$", line)
-        if field and field.group(1) in defaults:
+        if field and field.group(1) in defaults and field.group(1) not in listed:
             key, comment = field.group(1), field.group(2)
             lines.append(f"  --{key}={defaults[key]!r}" + (f"  {comment}" if comment else ""))
+            listed.add(key)
         elif line.strip().startswith("#"):
             lines.append(f"  {line.strip()}")
+    lines += [f"  --{key}={default!r}" for key, default in defaults.items() if key not in listed]  # lines not matched
     return "\n".join(lines)
 
 

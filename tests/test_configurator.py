@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -108,3 +109,13 @@ def test_help_lists_the_keys(tmp_path, script, flag, key):
     assert any(line.strip().startswith(key) for line in proc.stdout.splitlines()), proc.stdout
     assert "  # " in proc.stdout  # the keys' comments come along
     assert not (tmp_path / "out").exists() and proc.stderr == ""
+
+
+def test_help_text_lists_every_key_once():
+    """Each field of the config class appears exactly once in --help, with its default."""
+    from configurator import help_text
+
+    lines = help_text(Cfg).splitlines()
+    for f in dataclasses.fields(Cfg):
+        assert sum(line.startswith(f"  --{f.name}=") for line in lines) == 1, f.name
+    assert "  --batch_size=12" in lines
