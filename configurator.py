@@ -136,6 +136,14 @@ def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = Tr
     return values
 
 
+def _script_docstring(script: Path) -> str:
+    """The docstring of the script being run (read from its file), or '' where it cannot be read."""
+    try:
+        return (ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or "").strip()
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return ""
+
+
 def help_text(config_cls: type) -> str:
     """The running script's docstring, then config_cls's keys as --key=default, in the class's order
     and with its comments (the lines of comment between keys, and each key's own)."""
@@ -145,7 +153,7 @@ def help_text(config_cls: type) -> str:
         source = inspect.getsource(config_cls).splitlines()
     except (OSError, TypeError):  # no source to read: the keys without their comments
         source = [f"    {name}:" for name in defaults]
-    lines = [(sys.modules["__main__"].__doc__ or "").strip(), "",
+    lines = [_script_docstring(Path(sys.argv[0])), "",
              f"usage: python {Path(sys.argv[0]).name} [config_file.py ...] [--key=value ...]",
              "(later ones override earlier ones); the keys, with their defaults:"]
     listed = set()
