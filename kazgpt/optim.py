@@ -51,6 +51,10 @@ class NewtonSchulz:
     coefficients: tuple[tuple[float, float, float], ...]
     scaling: str
 
+    def __post_init__(self):
+        if self.scaling not in ("frobenius", "spectral"):  # any other word would fall back to 'frobenius' unseen
+            raise ValueError(f"scaling must be 'frobenius' or 'spectral', got {self.scaling!r}")
+
 
 # torch.optim.Muon's (Keller Jordan's) iteration: five equal steps, every singular value of X from
 # 0.001 of the Frobenius norm upward ending in [0.47, 1.2]
