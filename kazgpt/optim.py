@@ -75,13 +75,14 @@ def orthogonalize(updates: torch.Tensor, iteration: NewtonSchulz = NEWTON_SCHULZ
     (tests/test_optim.py). Not in bf16: A's rounding compounds there."""
     tall = updates.size(-2) > updates.size(-1)
     x = updates.mT if tall else updates
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    # X's scaling goes onto the small matrices that multiply it and onto A, never onto X itself (X is large)
     gram = x @ x.mT  # (n, s, s)
+    frobenius = gram.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None].clamp(min=eps**2)  # trace(A) = ||X||_F^2
+    scale, gram = frobenius.rsqrt(), gram / frobenius
     square = gram @ gram
-    scale = 1.0  # X's further scaling, applied to the small matrices that multiply it (X is large)
     if iteration.scaling == "spectral":
         bound = square.norm(dim=(-2, -1), keepdim=True).clamp(min=eps**4)  # (sum of s^8)^(1/2), at most 1 here
-        scale, gram, square = bound.rsqrt().sqrt(), gram / bound.sqrt(), square / bound
+        scale, gram, square = scale * bound.rsqrt().sqrt(), gram / bound.sqrt(), square / bound
     by_gram = x.size(-1) >= 2 * x.size(-2) and x.dtype in (torch.float32, torch.float64)
     poly = None
     last = len(iteration.coefficients) - 1
