@@ -123,8 +123,11 @@ def check_ranges(cfg: TrainConfig) -> None:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if not 0 <= cfg.seed < 2**62:  # it seeds torch's generators and keys each batch as a 64-bit integer
         raise UserError(f"seed must be a whole number from 0 to 2**62, got {cfg.seed}")
-    if cfg.max_iters < 0:
-        raise UserError(f"max_iters must be 0 or more, got {cfg.max_iters}")
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{key} must be 0 or more, got {getattr(cfg, key)}")
+    if not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
+        raise UserError(f"grad_clip must be 0 (no clipping) or more, got {cfg.grad_clip}")
     for key in ("learning_rate", "min_lr"):
         value = getattr(cfg, key)
         if not (math.isfinite(value) and 0 <= value < 10) or (key == "learning_rate" and value == 0):
@@ -535,7 +538,8 @@ def report_eval(losses: dict, meta: dict, iter_num: int, tokens: int, lr: float,
 def report_step(loss: float, seconds: float, mfu: float, iter_num: int, tokens_per_iter: int, lr: float,
                 run_log: RunLog) -> None:
     """The training line ('iter N: ...', nanoGPT's shape) and its record; seconds is per step."""
-    print0(f"iter {iter_num}: loss {loss:.4f}, time {seconds * 1000:.2f}ms, mfu {mfu * 100:.2f}%, "
+    shown_mfu = f"{mfu * 100:.2f}%" if mfu >= 0 else "n/a"  # not measured in the first steps (warm-up)
+    print0(f"iter {iter_num}: loss {loss:.4f}, time {seconds * 1000:.2f}ms, mfu {shown_mfu}, "
            f"{tokens_per_iter / seconds:,.0f} tok/s")
     run_log.record({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "loss": loss, "lr": lr,
                     "ms": seconds * 1000, "mfu": mfu if mfu >= 0 else None})

@@ -29,7 +29,9 @@ def test_quick_start_path(shared_kazqad, tmp_path):
     proc = run("data/qazdata_char/prepare.py", f"--source={shared_kazqad}", f"--out_dir={data}")
     assert "held out (about 10%, passages that share a question kept together)" in proc.stdout
     out = tmp_path / "out"
-    train(data, out, "--max_iters=40", "--lr_decay_iters=60", "--eval_interval=20")
+    proc = train(data, out, "--max_iters=40", "--lr_decay_iters=60", "--eval_interval=20")
+    assert "iter 1: " in proc.stdout and "mfu n/a" in proc.stdout and "mfu -" not in proc.stdout  # not yet measured
+    assert "iter 40: " in proc.stdout and "mfu n/a" not in proc.stdout.split("iter 40: ")[1].splitlines()[0]
     evals = [e for e in read_log(out) if "val_loss" in e]
     assert [e["iter"] for e in evals] == [0, 20, 40]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0, evals  # from ~ln(vocab)=5.5 down
