@@ -34,7 +34,6 @@ what it saw), every command's output goes to $OUT/gpu_check.log, and a table is 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -63,8 +62,13 @@ class Checker:
     def __init__(self, args, work: Path):
         self.args, self.work = args, work
         self.out = Path(os.environ.get("OUT") or args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.out / "gpu_check.log", "a", encoding="utf-8")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.log = open(self.out / "gpu_check.log", "a", encoding="utf-8")
+        except OSError as e:
+            from kazgpt.cli import UserError
+
+            raise UserError(f"cannot write results to {self.out} ({e.strerror or e}): set $OUT or --out") from None
         self.results: dict[str, dict] = {}
         self.eager_bf16: Optional[list[float]] = None  # the precision check's bf16 losses, for the compile check
 
@@ -276,7 +280,9 @@ def summary_line(name: str, result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from kazgpt.cli import ArgumentParser, UserError
+
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--checks", default=",".join(CHECKS), help="comma-separated, from " + ", ".join(CHECKS))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--data_dir", default=str(REPO / "data" / "qazdata_char"))
@@ -287,9 +293,10 @@ def main() -> None:
     names = [n for n in args.checks.split(",") if n]
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
-        parser.error(f"unknown check {unknown[0]!r}: choose from {', '.join(CHECKS)}")
+        raise UserError(f"unknown check {unknown[0]!r}: choose from {', '.join(CHECKS)}")
     if not (Path(args.data_dir) / "train.bin").is_file():
-        parser.error(f"{args.data_dir} holds no prepared data: run python data/qazdata_char/prepare.py first")
+        raise UserError(f"{args.data_dir} holds no prepared data: run python data/qazdata_char/prepare.py first, "
+                        "or pass --data_dir=")
     with tempfile.TemporaryDirectory() as tmp:
         checker = Checker(args, Path(tmp))
         for name in names:
@@ -305,4 +312,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from kazgpt.cli import run_main
+
+    run_main(main)
