@@ -46,6 +46,7 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from kazgpt.cli import ArgumentParser, UserError, run_main  # noqa: E402 (after the path that finds it)
 
 CHECKS = ("char_config", "precision", "compile", "adamw", "resume", "kv_cache", "sample", "eval_qa", "ddp",
           "decode", "throughput")
@@ -66,8 +67,6 @@ class Checker:
             self.out.mkdir(parents=True, exist_ok=True)
             self.log = open(self.out / "gpu_check.log", "a", encoding="utf-8")
         except OSError as e:
-            from kazgpt.cli import UserError
-
             raise UserError(f"cannot write results to {self.out} ({e.strerror or e}): set $OUT or --out") from None
         self.results: dict[str, dict] = {}
         self.eager_bf16: Optional[list[float]] = None  # the precision check's bf16 losses, for the compile check
@@ -280,8 +279,6 @@ def summary_line(name: str, result: dict) -> str:
 
 
 def main() -> None:
-    from kazgpt.cli import ArgumentParser, UserError
-
     parser = ArgumentParser(__doc__)
     parser.add_argument("--checks", default=",".join(CHECKS), help="comma-separated, from " + ", ".join(CHECKS))
     parser.add_argument("--device", default="cuda")
@@ -312,6 +309,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from kazgpt.cli import run_main
-
     run_main(main)
