@@ -192,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, memory_hint="use a smaller --num_samples, or a smaller model")

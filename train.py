@@ -48,6 +48,7 @@ from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch
                             training_batches)
 from kazgpt.device import (autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype)
+from kazgpt.files import SetAside, put_back_interrupted_replacement
 from kazgpt.optim import (LR_SCHEDULES, OPTIMIZERS, build_optimizers, lr_multiplier, newton_schulz_dtype, set_lr,
                           step_optimizers)
 from model import GPT, GPTConfig
@@ -62,7 +63,7 @@ class TrainConfig:
     eval_iters: int = 200
     eval_only: bool = False  # evaluate once and exit
     keep_checkpoints: str = "both"  # 'latest' (ckpt.pt at every eval), 'best' (best.pt, lowest val loss) or 'both'
-    overwrite: bool = False  # replace a run already in out_dir (deletes its checkpoints and log); else it is refused
+    overwrite: bool = False  # replace a run already in out_dir (its files go once this run saved a checkpoint); else refused
     # 'scratch', 'resume' (from out_dir), 'gpt2*', a local Hugging Face GPT-2 folder, or an earlier run of this
     # repo to finetune (its out_dir or a checkpoint file; the weights only, with a new optimizer state)
     init_from: str = "scratch"
@@ -243,8 +244,9 @@ LOCK_FILE = ".kazgpt-train.lock"
 def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool, create: bool):
     """Make out_dir this run's: it must be a writable folder that no other train.py is using (the
     returned open lock file holds it until this process ends), and one that holds no earlier run
-    unless this run resumes it or was told to replace it (overwrite: RunLog deletes the old run's
-    files once everything else has started). train.py calls it twice: first with create=False, before
+    unless this run resumes it or was told to replace it (overwrite: RunLog sets the old run's files
+    aside once everything else has started). An earlier run that a replacement killed before its
+    first checkpoint had set aside is put back first. train.py calls it twice: first with create=False, before
     anything is loaded, which checks and locks an out_dir that exists (None if it does not); then,
     once the run is ready to start, with create=True, which makes a missing out_dir and locks it."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -255,6 +257,9 @@ def claim_out_dir(out_dir: Path, resume: bool, overwrite: bool, create: bool):
     if not out_dir.exists() and not create:
         return None
     lock = _lock_out_dir(out_dir)
+    if put_back_interrupted_replacement(out_dir, RUN_FILES, replaced_by=("ckpt.pt", "best.pt")):
+        print0(f"put back the earlier run in {out_dir}: an --overwrite had set it aside and was stopped before "
+               "its first checkpoint")
     earlier = [name for name in RUN_FILES if (out_dir / name).exists()]
     if earlier and not resume and not overwrite:
         resumable = "ckpt.pt" in earlier or "best.pt" in earlier
@@ -490,10 +495,12 @@ class CheckpointWriter:
 class RunLog:
     """The run's record: out_dir/log.jsonl (for plot.py and comparisons) and, if asked, wandb. Rank 0
     only; it also keeps rank 0's lock on out_dir (from claim_out_dir) until it is closed. A run that
-    replaces an earlier one (replace_earlier) deletes that run's files here, once wandb has started."""
+    replaces an earlier one (replace_earlier) sets that run's files aside here, once wandb has started,
+    and deletes them when it has saved its first checkpoint or ended; a run that fails before that puts
+    them back (kazgpt.files.SetAside)."""
 
     def __init__(self, out_dir: Path, cfg: TrainConfig, active: bool, lock=None, replace_earlier: bool = False):
-        self.lock, self.file, self.wandb = lock, None, None
+        self.lock, self.file, self.wandb, self.earlier = lock, None, None, None
         if active and cfg.wandb_log:  # first: a wandb that cannot start leaves no log.jsonl in the way of a re-run
             import wandb
 
@@ -504,8 +511,7 @@ class RunLog:
                                 "login`, or set WANDB_MODE=offline, or leave out --wandb_log") from None
             self.wandb = wandb
         if active and replace_earlier:
-            for name in RUN_FILES:
-                (out_dir / name).unlink(missing_ok=True)
+            self.earlier = SetAside(out_dir, RUN_FILES)
         self.file = open(out_dir / "log.jsonl", "a", encoding="utf-8") if active else None
 
     def record(self, entry: dict) -> None:
@@ -516,7 +522,13 @@ class RunLog:
             self.wandb.log({"iter": entry["iter"], "train/loss": entry["train_loss"], "val/loss": entry["val_loss"],
                             "val/bpb": entry["val_bpb"], "lr": entry["lr"]})
 
+    def checkpoint_saved(self) -> None:
+        """This run has a checkpoint: the earlier run that it replaces, if any, is deleted."""
+        if self.earlier:
+            self.earlier.replaced()
+
     def close(self) -> None:
+        self.checkpoint_saved()  # a run that ended replaced the earlier one even without a checkpoint
         if self.file:
             self.file.close()
         if self.wandb:
@@ -700,6 +712,7 @@ def main() -> int:
                 if cfg.keep_checkpoints in ("best", "both") and improved:
                     writer.save("best.pt", iter_num, best_val_loss)
                 print0(f"saved checkpoint to {out_dir}")
+                run_log.checkpoint_saved()
         if cfg.eval_only or last_iter:
             break
 
@@ -732,4 +745,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, memory_hint="use a smaller --batch_size or --block_size (raise --gradient_accumulation_steps to keep "
+                               "the tokens per iteration), or a smaller model (--n_layer, --n_embd)")

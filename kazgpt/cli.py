@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -14,12 +15,34 @@ class UserError(Exception):
     """Bad input from the user. Scripts report it as one line on stderr and exit with code 2."""
 
 
-def run_main(main: Callable[[], Any]) -> None:
-    """Run a script's main(): a UserError becomes one clear line and exit code 2, no traceback."""
+# how PyTorch and numpy say that an allocation failed: CPU, CUDA (torch.OutOfMemoryError), MPS
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "Unable to allocate")
+
+
+def out_of_memory(e: BaseException) -> Optional[str]:
+    """What a failed allocation asked for ('tried to allocate 20.00 GiB'), if e is one, else None."""
+    if not isinstance(e, (MemoryError, RuntimeError)):
+        return None
+    text = str(e)
+    if not isinstance(e, MemoryError) and not any(mark in text for mark in OUT_OF_MEMORY):
+        return None
+    size = re.search(r"allocate\s+([\d.,]+\s*[A-Za-z]+)", text)
+    return f"tried to allocate {size.group(1)}" if size else type(e).__name__
+
+
+def run_main(main: Callable[[], Any], memory_hint: str = "free some memory, or ask for less (see --help)") -> None:
+    """Run a script's main(): a UserError becomes one clear line and exit code 2, no traceback; so
+    does running out of memory, with memory_hint saying what to lower."""
     try:
         code = main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as e:
+        failed = out_of_memory(e)
+        if failed is None:
+            raise
+        print(f"error: out of memory ({failed}): {memory_hint}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@ image, bench.py's JSON, export_hf.py's folder) replace only a file that the same
 before: check_output refuses anything else."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -136,3 +137,81 @@ def check_output(path: Path, made_here: Callable[[Path], bool], what: str) -> No
                         "(or move that file away)")
     if not path.parent.is_dir():
         raise UserError(f"the folder of {path} does not exist: create it, or choose another path for the {what}")
+
+
+# where an earlier run's files wait while the run that replaces it starts; each state is a folder
+# name, and each change of state one rename, so that a kill at any moment leaves a state that the next
+# start can finish (put_back_interrupted_replacement)
+SET_ASIDE = ".kazgpt-replaced"
+_FILLING, _RESTORING, _DELETING = (f"{SET_ASIDE}-filling", f"{SET_ASIDE}-restoring", f"{SET_ASIDE}-deleting")
+
+
+class SetAside:
+    """The named files of folder moved into a hidden folder beside them instead of being deleted,
+    until replaced() deletes them (the new files have proven themselves) or put_back() returns them
+    (the new ones are removed). A process that exits before either, by an exception or sys.exit,
+    puts them back on its way out; one killed outright leaves them for
+    put_back_interrupted_replacement."""
+
+    def __init__(self, folder: Path, names: tuple[str, ...]):
+        self.folder, self.names = folder, names
+        present = [name for name in names if (folder / name).exists()]
+        self.pending = bool(present)
+        if not self.pending:
+            return
+        with signals_held():
+            filling = folder / _FILLING
+            filling.mkdir()
+            for name in present:
+                os.replace(folder / name, filling / name)
+            os.replace(filling, folder / SET_ASIDE)  # complete
+        atexit.register(self.put_back)
+
+    def replaced(self) -> None:
+        if self.pending:
+            self.pending = False
+            _delete(self.folder / SET_ASIDE, self.folder / _DELETING)
+
+    def put_back(self) -> None:
+        if self.pending:
+            self.pending = False
+            _restore(self.folder, self.names)
+
+
+def _delete(aside: Path, deleting: Path) -> None:
+    os.replace(aside, deleting)
+    shutil.rmtree(deleting)
+
+
+def _move_back(source: Path, folder: Path) -> None:
+    for path in source.iterdir():
+        os.replace(path, folder / path.name)
+    source.rmdir()
+
+
+def _restore(folder: Path, names: tuple[str, ...]) -> None:
+    """The new files of names out of folder, and the set-aside ones back in."""
+    with signals_held():
+        for name in names:
+            (folder / name).unlink(missing_ok=True)
+        os.replace(folder / SET_ASIDE, folder / _RESTORING)
+        _move_back(folder / _RESTORING, folder)
+
+
+def put_back_interrupted_replacement(folder: Path, names: tuple[str, ...], replaced_by: tuple[str, ...]) -> bool:
+    """Finish what a process killed while replacing folder's files left: files set aside are put
+    back unless the new files include one of replaced_by (then the replacement had proven itself
+    and they are deleted). True when earlier files were put back."""
+    if (folder / _DELETING).exists():
+        shutil.rmtree(folder / _DELETING)
+    for unfinished in (_FILLING, _RESTORING):  # killed while moving files one way or the other: finish the move
+        if (folder / unfinished).exists():
+            _move_back(folder / unfinished, folder)
+            return True
+    if not (folder / SET_ASIDE).exists():
+        return False
+    if any((folder / name).exists() for name in replaced_by):
+        _delete(folder / SET_ASIDE, folder / _DELETING)
+        return False
+    _restore(folder, names)
+    return True

@@ -102,6 +102,38 @@ def test_bf16_unsupported_is_refused(monkeypatch):
         device.resolve_dtype("bfloat16", "cpu")
 
 
+def _numpy_too_large():
+    import numpy as np
+
+    np.empty(2**46)  # 512 TiB: more than any address space, whatever the kernel's overcommit setting
+
+
+def _cuda_out_of_memory():  # torch's message on a GPU, which the tests never need
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.10 GiB")
+
+
+def _shapes_differ():
+    raise RuntimeError("shapes differ")
+
+
+@pytest.mark.parametrize("allocate, size", [
+    (lambda: torch.empty(2**46), "tried to allocate 281474976710656 bytes"),  # 256 TiB, the CPU allocator's error
+    (_numpy_too_large, "tried to allocate 512. TiB"),
+    (_cuda_out_of_memory, "tried to allocate 20.00 GiB"),
+])
+def test_out_of_memory_is_one_line(allocate, size, capsys):
+    """Every script's main runs under run_main: an allocation that fails (CPU, numpy, CUDA) is one
+    line naming its size and what to lower, exit code 2; any other RuntimeError stays a traceback."""
+    from kazgpt.cli import run_main
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(allocate, memory_hint="use a smaller --batch_size")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err == f"error: out of memory ({size}): use a smaller --batch_size\n"
+    with pytest.raises(RuntimeError, match="shapes differ"):
+        run_main(_shapes_differ)
+
+
 def test_accumulation_not_divisible_by_world_size(trained):
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
     proc = train(trained, "--gradient_accumulation_steps=3", env=env)

@@ -240,6 +240,88 @@ def test_overwrite_that_fails_to_start_keeps_the_earlier_run(trained, tmp_path, 
     assert snapshot(out) == before
 
 
+def test_overwrite_that_fails_or_is_killed_before_its_first_checkpoint_keeps_the_earlier_run(trained, tmp_path):
+    """--overwrite sets the earlier run aside until its own first checkpoint: a run that fails once
+    started (a NaN loss at its first step) puts it back on its way out, and one killed outright
+    (kill -9, as the kernel's out-of-memory killer does) has it put back by the next train.py there."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+    from kazgpt.checkpoint import load_checkpoint, save_checkpoint
+    from kazgpt.files import SET_ASIDE
+
+    out, poisoned = tmp_path / "run", tmp_path / "poisoned"
+    shutil.copytree(trained / "out", out)
+    shutil.copytree(trained / "out", poisoned)
+    for name in ("ckpt.pt", "best.pt"):
+        ckpt = load_checkpoint(poisoned / name)
+        ckpt["model"]["transformer.h.0.mlp.c_fc.weight"][0, 0] = float("nan")
+        save_checkpoint({k: v for k, v in ckpt.items() if k != "version"}, poisoned / name)
+    before = snapshot(out)
+    assert_one_line_error(train(trained, "--overwrite", f"--init_from={poisoned}", out=out), "the loss became nan")
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir() if p.is_dir()) == []
+
+    proc = subprocess.Popen([sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={trained / 'data'}",
+                             f"--out_dir={out}", *TINY_MODEL, "--overwrite", "--max_iters=100000",
+                             "--eval_interval=100000"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # until the new run is training: the earlier one set aside, the new log begun
+        deadline = time.time() + 60
+        while time.time() < deadline and not ((out / SET_ASIDE).is_dir() and (out / "log.jsonl").exists()
+                                              and (out / "log.jsonl").read_text().count("\n") >= 2):
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (out / "ckpt.pt").exists() and (out / SET_ASIDE / "ckpt.pt").exists()
+    refused = train(trained, out=out)
+    assert_one_line_error(refused, "already holds a run")
+    assert "put back the earlier run" in refused.stdout
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir() if p.is_dir()) == []
+
+
+@pytest.mark.parametrize("state", ["filling", "set_aside", "set_aside_and_replaced", "restoring", "deleting"])
+def test_a_replacement_killed_in_any_state_is_finished_by_the_next_start(tmp_path, state):
+    """Killed between any two renames of a replacement, the next start leaves either the earlier
+    files (the new ones had no checkpoint yet) or the new ones (they had), never a mix, and no
+    hidden folder; SetAside's own put_back and replaced do the same for a process still alive."""
+    from kazgpt import files
+
+    names, old, new = ("ckpt.pt", "log.jsonl"), {"ckpt.pt": "old ckpt", "log.jsonl": "old log"}, {"log.jsonl": "new"}
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if state == "filling":  # the log moved, the checkpoint not yet
+        (folder / files._FILLING).mkdir()
+        (folder / files._FILLING / "log.jsonl").write_text(old["log.jsonl"])
+        (folder / "ckpt.pt").write_text(old["ckpt.pt"])
+    elif state == "restoring":  # the new log deleted, the old log back, the checkpoint not yet
+        (folder / files._RESTORING).mkdir()
+        (folder / files._RESTORING / "ckpt.pt").write_text(old["ckpt.pt"])
+        (folder / "log.jsonl").write_text(old["log.jsonl"])
+    else:
+        aside = folder / (files._DELETING if state == "deleting" else files.SET_ASIDE)
+        aside.mkdir()
+        (aside / "log.jsonl").write_text(old["log.jsonl"])
+        if state != "deleting":  # deleting: half done
+            (aside / "ckpt.pt").write_text(old["ckpt.pt"])
+        new = {"ckpt.pt": "new ckpt", "log.jsonl": "new"} if state in ("set_aside_and_replaced", "deleting") else new
+        for name, text in new.items():
+            (folder / name).write_text(text)
+    put_back = files.put_back_interrupted_replacement(folder, names, replaced_by=("ckpt.pt",))
+    expected = new if state in ("set_aside_and_replaced", "deleting") else old
+    assert put_back == (expected is old)
+    assert {p.name: p.read_text() for p in folder.iterdir()} == expected
+
+    for finish in ("put_back", "replaced"):
+        aside = files.SetAside(folder, names)
+        (folder / "log.jsonl").write_text("newer")
+        getattr(aside, finish)()
+        assert {p.name: p.read_text() for p in folder.iterdir()} == (expected if finish == "put_back" else
+                                                                     {"log.jsonl": "newer"})
+        expected = {"log.jsonl": "newer"}
+
+
 @pytest.mark.parametrize("seed", ["-1", str(2**62), "1" * 30])
 def test_seed_out_of_range(trained, seed):
     assert_one_line_error(train(trained, f"--seed={seed}"), "seed must be a whole number from 0")
