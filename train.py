@@ -63,7 +63,7 @@ class TrainConfig:
     eval_iters: int = 200
     eval_only: bool = False  # evaluate once and exit
     keep_checkpoints: str = "both"  # 'latest' (ckpt.pt at every eval), 'best' (best.pt, lowest val loss) or 'both'
-    overwrite: bool = False  # replace a run already in out_dir (its files go once this run saved a checkpoint); else refused
+    overwrite: bool = False  # replace a run in out_dir (its files go at this run's first checkpoint); else refused
     # 'scratch', 'resume' (from out_dir), 'gpt2*', a local Hugging Face GPT-2 folder, or an earlier run of this
     # repo to finetune (its out_dir or a checkpoint file; the weights only, with a new optimizer state)
     init_from: str = "scratch"
@@ -745,5 +745,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_main(main, memory_hint="use a smaller --batch_size or --block_size (raise --gradient_accumulation_steps to keep "
-                               "the tokens per iteration), or a smaller model (--n_layer, --n_embd)")
+    run_main(main, memory_hint="use a smaller --batch_size or --block_size (raise --gradient_accumulation_steps "
+                               "to keep the tokens per iteration), or a smaller model (--n_layer, --n_embd)")

@@ -1,9 +1,15 @@
 """Shared test helpers: where ../shared is, a small KazQAD-schema fixture, and running the
-repo's scripts as a user would (a subprocess from the repo root)."""
+repo's scripts as a user would (`python <script>` from the repo root, through a server that
+has imported torch already)."""
 import json
+import locale
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -52,20 +58,67 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+class ScriptServer:
+    """The client of tests/script_server.py: scripts run in children forked from one process that
+    has imported torch already, each as `python <script>` would run it (see there for the few
+    differences)."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+
+    def _read_reply(self, deadline: float | None) -> dict | None:
+        """The next reply line, or None if the deadline passes first."""
+        line = b""
+        while not line.endswith(b"\n"):
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.proc.stdout], [], [], wait)[0]:
+                return None
+            byte = os.read(self.proc.stdout.fileno(), 1)
+            if not byte:
+                raise RuntimeError("tests/script_server.py ended unexpectedly")
+            line += byte
+        return json.loads(line)
+
+    def run(self, script: str, args: tuple, env: dict, timeout: float, input_text: str | None
+            ) -> subprocess.CompletedProcess:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "script_server.py")], cwd=REPO,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            streams = {name: Path(tmp) / name for name in ("stdin", "stdout", "stderr")}
+            if input_text is not None:
+                streams["stdin"].write_text(input_text, encoding=locale.getpreferredencoding(False))
+            request = {"script": script, "args": list(args), "cwd": str(REPO), "env": env,
+                       "stdin": str(streams["stdin"]) if input_text is not None else None,
+                       "stdout": str(streams["stdout"]), "stderr": str(streams["stderr"])}
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            pid = self._read_reply(None)["pid"]
+            reply = self._read_reply(time.monotonic() + timeout)
+            if reply is None:
+                os.kill(pid, signal.SIGKILL)
+                self._read_reply(None)
+                raise subprocess.TimeoutExpired([script, *args], timeout)
+            encoding = env.get("PYTHONIOENCODING") or locale.getpreferredencoding(False)
+            return subprocess.CompletedProcess([sys.executable, script, *args], reply["returncode"],
+                                               streams["stdout"].read_text(encoding=encoding),
+                                               streams["stderr"].read_text(encoding=encoding))
+
+
+SCRIPT_SERVER = ScriptServer()
+
+
 def run(script: str, *args: str, env: dict | None = None, timeout: int = 600, check: bool = True,
-        input_text: str | None = None) -> subprocess.CompletedProcess:
-    """python <script> <args> from the repo root; check=True asserts exit 0 and shows stderr otherwise."""
+        input_text: str | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """python <script> <args> from the repo root; check=True asserts exit 0 and shows stderr otherwise.
+    It runs in a child of the script server (no `import torch` to wait for), or with fresh=True in a
+    new interpreter of its own (for what only a direct child shows, such as its resource usage)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, script, *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=input_text,
-        stdin=None if input_text is not None else subprocess.DEVNULL,
-    )
+    if fresh:
+        proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=full_env, capture_output=True,
+                              text=True, timeout=timeout, input=input_text,
+                              stdin=None if input_text is not None else subprocess.DEVNULL)
+    else:
+        proc = SCRIPT_SERVER.run(script, args, full_env, timeout, input_text)
     if check:
         assert proc.returncode == 0, (
             f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -109,7 +109,8 @@ def _numpy_too_large():
 
 
 def _cuda_out_of_memory():  # torch's message on a GPU, which the tests never need
-    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.10 GiB")
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
+                                 "of 79.10 GiB")
 
 
 def _shapes_differ():

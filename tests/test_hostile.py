@@ -263,9 +263,9 @@ def test_overwrite_that_fails_or_is_killed_before_its_first_checkpoint_keeps_the
     assert_one_line_error(train(trained, "--overwrite", f"--init_from={poisoned}", out=out), "the loss became nan")
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir() if p.is_dir()) == []
 
-    proc = subprocess.Popen([sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={trained / 'data'}",
-                             f"--out_dir={out}", *TINY_MODEL, "--overwrite", "--max_iters=100000",
-                             "--eval_interval=100000"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={trained / 'data'}",
+           f"--out_dir={out}", *TINY_MODEL, "--overwrite", "--max_iters=100000", "--eval_interval=100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # until the new run is training: the earlier one set aside, the new log begun
         deadline = time.time() + 60
         while time.time() < deadline and not ((out / SET_ASIDE).is_dir() and (out / "log.jsonl").exists()

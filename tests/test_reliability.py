@@ -109,6 +109,7 @@ def test_train_bin_larger_than_ram(char_data, tmp_path):
         *TINY_MODEL,
         "--max_iters=5",
         "--eval_interval=5",
+        fresh=True,  # a direct child, which RUSAGE_CHILDREN sees
     )
     assert f"{n_tokens:,} train tokens" in proc.stdout
     rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
