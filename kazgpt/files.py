@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Callable, Union
 
@@ -159,18 +160,29 @@ class SetAside:
         self.pending = bool(present)
         if not self.pending:
             return
-        with signals_held():
-            filling = folder / _FILLING
-            filling.mkdir()
-            for name in present:
-                os.replace(folder / name, filling / name)
-            os.replace(filling, folder / SET_ASIDE)  # complete
+        filling = folder / _FILLING
+        try:
+            with signals_held():
+                filling.mkdir()
+                for name in present:
+                    os.replace(folder / name, filling / name)
+                os.replace(filling, folder / SET_ASIDE)  # complete
+        except OSError as e:  # a full disk (mkdir), a failing device: back as it was
+            with contextlib.suppress(OSError):
+                if filling.exists():
+                    _move_back(filling, folder)
+            raise UserError(f"could not set the earlier files of {folder} aside ({e.strerror or e}); they are "
+                            "where they were: free disk space, or check the folder's permissions") from None
         atexit.register(self.put_back)
 
     def replaced(self) -> None:
         if self.pending:
             self.pending = False
-            _delete(self.folder / SET_ASIDE, self.folder / _DELETING)
+            try:
+                _delete(self.folder / SET_ASIDE, self.folder / _DELETING)
+            except OSError as e:  # the new files stand: say so, and go on (the next start deletes them)
+                print(f"warning: could not delete the earlier files set aside in {self.folder / SET_ASIDE} "
+                      f"({e.strerror or e}): delete them by hand", file=sys.stderr, flush=True)
 
     def put_back(self) -> None:
         if self.pending:

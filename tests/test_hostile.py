@@ -322,6 +322,31 @@ def test_a_replacement_killed_in_any_state_is_finished_by_the_next_start(tmp_pat
         expected = {"log.jsonl": "newer"}
 
 
+def test_a_replacement_that_cannot_set_the_files_aside_leaves_them(tmp_path, monkeypatch):
+    """A rename that fails midway while setting files aside (a failing device) moves back what it
+    had moved and says so in one line: every file where it was, no hidden folder."""
+    import os
+
+    from kazgpt import files
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("ckpt.pt", "log.jsonl"):
+        (folder / name).write_text(name)
+    real_replace, calls = os.replace, []
+
+    def failing_second_replace(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", failing_second_replace)
+    with pytest.raises(UserError, match="could not set the earlier files .* aside .*Input/output error"):
+        files.SetAside(folder, ("ckpt.pt", "log.jsonl"))
+    assert {p.name: p.read_text() for p in folder.iterdir()} == {"ckpt.pt": "ckpt.pt", "log.jsonl": "log.jsonl"}
+
+
 @pytest.mark.parametrize("seed", ["-1", str(2**62), "1" * 30])
 def test_seed_out_of_range(trained, seed):
     assert_one_line_error(train(trained, f"--seed={seed}"), "seed must be a whole number from 0")
