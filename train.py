@@ -491,6 +491,16 @@ class CheckpointWriter:
                 "best_val_loss": best_val_loss, "config": configurator.config_dict(self.cfg), "rng": states,
             }, self.out_dir / name)
 
+    def save_at_eval(self, iter_num: int, best_val_loss: float, improved: bool) -> list[str]:
+        """The checkpoints an evaluation keeps (cfg.keep_checkpoints): ckpt.pt at each, best.pt when
+        val improved. Returns their names."""
+        names = ["ckpt.pt"] if self.cfg.keep_checkpoints in ("latest", "both") else []
+        if self.cfg.keep_checkpoints in ("best", "both") and improved:
+            names.append("best.pt")
+        for name in names:
+            self.save(name, iter_num, best_val_loss)
+        return names
+
 
 class RunLog:
     """The run's record: out_dir/log.jsonl (for plot.py and comparisons) and, if asked, wandb. Rank 0
@@ -707,12 +717,10 @@ def main() -> int:
             improved = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
             if iter_num > start_iter and not cfg.eval_only and math.isfinite(losses["val"]):
-                if cfg.keep_checkpoints in ("latest", "both"):
-                    writer.save("ckpt.pt", iter_num, best_val_loss)
-                if cfg.keep_checkpoints in ("best", "both") and improved:
-                    writer.save("best.pt", iter_num, best_val_loss)
-                print0(f"saved checkpoint to {out_dir}")
-                run_log.checkpoint_saved()
+                saved = writer.save_at_eval(iter_num, best_val_loss, improved)
+                if saved:  # keep_checkpoints='best' saves nothing when val did not improve
+                    print0(f"saved {' and '.join(saved)} to {out_dir}")
+                    run_log.checkpoint_saved()
         if cfg.eval_only or last_iter:
             break
 

@@ -1,5 +1,6 @@
 """train.py and sample.py end to end, as a user runs them: prepare, train, checkpoint, resume,
 sample; exact resume against an uninterrupted run; SIGTERM preemption."""
+import math
 import signal
 import subprocess
 import sys
@@ -153,3 +154,24 @@ def test_bf16_training_tracks_fp32(char_data, tmp_path):
     assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.02, [
         (i, a, b) for i, (a, b) in enumerate(zip(fp32, bf16)) if abs(a - b) >= 0.02
     ][:5]
+
+
+@pytest.mark.parametrize("keep", ["best", "latest"])
+def test_keep_checkpoints(char_data, tmp_path, keep):
+    """keep_checkpoints='best' writes best.pt at an eval whose val loss is the lowest so far, and
+    says so, and neither at the others; 'latest' writes ckpt.pt at every eval. A rate this high
+    makes val rise at some evals, so both cases occur."""
+    from kazgpt.checkpoint import load_checkpoint
+
+    out = tmp_path / "out"
+    proc = train(char_data, out, "--max_iters=12", "--eval_interval=2", f"--keep_checkpoints={keep}",
+                 "--learning_rate=0.3", "--muon_lr=0.3")
+    evals = [e for e in read_log(out) if "val_loss" in e and e["iter"] > 0]
+    saves = proc.stdout.count(f"saved {'best.pt' if keep == 'best' else 'ckpt.pt'} to")
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt" if keep == "best" else "ckpt.pt"]
+    if keep == "latest":
+        assert saves == len(evals) and load_checkpoint(out / "ckpt.pt")["iter_num"] == 12
+        return
+    improving = [e for i, e in enumerate(evals) if e["val_loss"] < min([math.inf] + [p["val_loss"] for p in evals[:i]])]
+    assert 0 < len(improving) < len(evals)
+    assert saves == len(improving) and load_checkpoint(out / "best.pt")["iter_num"] == improving[-1]["iter"]
