@@ -93,7 +93,11 @@ class ScriptServer:
                        "stdout": str(streams["stdout"]), "stderr": str(streams["stderr"])}
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             pid = self._read_reply(None)["pid"]
-            reply = self._read_reply(time.monotonic() + timeout)
+            try:
+                reply = self._read_reply(time.monotonic() + timeout)
+            except BaseException:  # Ctrl-C in the tests: the run goes with them, as subprocess.run's would
+                os.kill(pid, signal.SIGKILL)
+                raise
             if reply is None:
                 os.kill(pid, signal.SIGKILL)
                 self._read_reply(None)

@@ -12,10 +12,12 @@ differently: modules imported here see the environment of the server's start, no
 (torch and numpy read none that the tests set), and all children share one hash seed.
 """
 import atexit
+import ctypes
 import json
 import locale
 import os
 import runpy
+import signal
 import sys
 import traceback
 
@@ -63,7 +65,16 @@ def run_child(request: dict) -> int:
     return code
 
 
+def die_with_parent() -> None:
+    """SIGKILL when the parent process ends (Linux), so that nothing outlives a killed test session."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: children may outlive a killed session
+        pass
+
+
 def main() -> None:
+    die_with_parent()
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     for line in sys.stdin:
         request = json.loads(line)
@@ -71,6 +82,7 @@ def main() -> None:
         if pid == 0:
             code = 1
             try:
+                die_with_parent()
                 os.close(replies.fileno())  # the replies are the server's to write
                 code = run_child(request)
             finally:
