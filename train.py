@@ -532,13 +532,13 @@ class RunLog:
             self.wandb.log({"iter": entry["iter"], "train/loss": entry["train_loss"], "val/loss": entry["val_loss"],
                             "val/bpb": entry["val_bpb"], "lr": entry["lr"]})
 
-    def checkpoint_saved(self) -> None:
-        """This run has a checkpoint: the earlier run that it replaces, if any, is deleted."""
+    def replace_earlier_run(self) -> None:
+        """This run stands (it saved a checkpoint, or ended): the earlier run it replaces, if any, is deleted."""
         if self.earlier:
             self.earlier.replaced()
 
     def close(self) -> None:
-        self.checkpoint_saved()  # a run that ended replaced the earlier one even without a checkpoint
+        self.replace_earlier_run()
         if self.file:
             self.file.close()
         if self.wandb:
@@ -720,7 +720,7 @@ def main() -> int:
                 saved = writer.save_at_eval(iter_num, best_val_loss, improved)
                 if saved:  # keep_checkpoints='best' saves nothing when val did not improve
                     print0(f"saved {' and '.join(saved)} to {out_dir}")
-                    run_log.checkpoint_saved()
+                    run_log.replace_earlier_run()
         if cfg.eval_only or last_iter:
             break
 

@@ -214,13 +214,14 @@ def put_back_interrupted_replacement(folder: Path, names: tuple[str, ...], repla
     """Finish what a process killed while replacing folder's files left: files set aside are put
     back unless the new files include one of replaced_by (then the replacement had proven itself
     and they are deleted). True when earlier files were put back."""
-    if (folder / _DELETING).exists():
+    # only folders: a user's file of one of these names is not this repo's to touch
+    if (folder / _DELETING).is_dir():
         shutil.rmtree(folder / _DELETING)
     for unfinished in (_FILLING, _RESTORING):  # killed while moving files one way or the other: finish the move
-        if (folder / unfinished).exists():
+        if (folder / unfinished).is_dir():
             _move_back(folder / unfinished, folder)
             return True
-    if not (folder / SET_ASIDE).exists():
+    if not (folder / SET_ASIDE).is_dir():
         return False
     if any((folder / name).exists() for name in replaced_by):
         _delete(folder / SET_ASIDE, folder / _DELETING)

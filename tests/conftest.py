@@ -84,10 +84,11 @@ class ScriptServer:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "script_server.py")], cwd=REPO,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        encoding = env.get("PYTHONIOENCODING") or locale.getpreferredencoding(False)  # the child's, for all three
         with tempfile.TemporaryDirectory() as tmp:
             streams = {name: Path(tmp) / name for name in ("stdin", "stdout", "stderr")}
             if input_text is not None:
-                streams["stdin"].write_text(input_text, encoding=locale.getpreferredencoding(False))
+                streams["stdin"].write_text(input_text, encoding=encoding)
             request = {"script": script, "args": list(args), "cwd": str(REPO), "env": env,
                        "stdin": str(streams["stdin"]) if input_text is not None else None,
                        "stdout": str(streams["stdout"]), "stderr": str(streams["stderr"])}
@@ -102,7 +103,6 @@ class ScriptServer:
                 os.kill(pid, signal.SIGKILL)
                 self._read_reply(None)
                 raise subprocess.TimeoutExpired([script, *args], timeout)
-            encoding = env.get("PYTHONIOENCODING") or locale.getpreferredencoding(False)
             return subprocess.CompletedProcess([sys.executable, script, *args], reply["returncode"],
                                                streams["stdout"].read_text(encoding=encoding),
                                                streams["stderr"].read_text(encoding=encoding))
