@@ -714,9 +714,11 @@ def main() -> int:
         if iter_num % cfg.eval_interval == 0 or last_iter or cfg.eval_only:
             losses = estimate_loss(model, data, cfg, procs, autocast)
             report_eval(losses, meta, iter_num, iter_num * tokens_per_iter, cfg.learning_rate * lr_scale, run_log)
-            improved = losses["val"] < best_val_loss
-            best_val_loss = min(best_val_loss, losses["val"])
+            # only evaluations that can save count toward the best: were the starting weights' val
+            # loss the bar, a run that never beat it would end without best.pt
             if iter_num > start_iter and not cfg.eval_only and math.isfinite(losses["val"]):
+                improved = losses["val"] < best_val_loss
+                best_val_loss = min(best_val_loss, losses["val"])
                 saved = writer.save_at_eval(iter_num, best_val_loss, improved)
                 if saved:  # keep_checkpoints='best' saves nothing when val did not improve
                     print0(f"saved {' and '.join(saved)} to {out_dir}")

@@ -175,3 +175,16 @@ def test_keep_checkpoints(char_data, tmp_path, keep):
     improving = [e for i, e in enumerate(evals) if e["val_loss"] < min([math.inf] + [p["val_loss"] for p in evals[:i]])]
     assert 0 < len(improving) < len(evals)
     assert saves == len(improving) and load_checkpoint(out / "best.pt")["iter_num"] == improving[-1]["iter"]
+
+
+def test_best_checkpoint_when_val_never_beats_the_start(char_data, tmp_path):
+    """keep_checkpoints='best' writes best.pt at the first evaluation after the start even when val is
+    worse there than the untrained model's (the starting weights are never saved, so their loss is no
+    bar). Rates this far too high make every later val loss many times the first."""
+    out = tmp_path / "out"
+    proc = train(char_data, out, "--max_iters=8", "--eval_interval=4", "--keep_checkpoints=best",
+                 "--warmup_iters=0", "--learning_rate=1", "--muon_lr=5")
+    evals = [e for e in read_log(out) if "val_loss" in e]
+    assert [e["iter"] for e in evals] == [0, 4, 8] and 2 * evals[0]["val_loss"] < min(e["val_loss"] for e in evals[1:])
+    assert f"saved best.pt to {out}" in proc.stdout
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt"]
