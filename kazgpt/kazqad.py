@@ -201,7 +201,10 @@ def read_kazqad_examples(source: Optional[str], hub_id: tuple[str, str] = KAZQAD
     path = Path(source).expanduser()
     problem = not_a_file(path, folder_ok=True)
     if problem:
-        raise UserError(f"--source {source} {problem}: pass a KazQAD JSON Lines file or folder, or a .txt file")
+        if hub_id != KAZQAD_HUB_ID:
+            raise UserError(f"--nq_source {source} {problem}: pass a JSON Lines file or folder")
+        given = f"${KAZQAD_SOURCE_ENV}" if os.environ.get(KAZQAD_SOURCE_ENV) == source else "--source"
+        raise UserError(f"{given} {source} {problem}: pass a KazQAD JSON Lines file or folder, or a .txt file")
     files = [path]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json") and p.is_file())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kazgpt.cli import UserError
-from conftest import TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl
+from conftest import TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl, write_kazqad_source
 
 
 def assert_one_line_error(proc, *fragments):
@@ -362,7 +362,12 @@ def test_bad_prepare_sources(tmp_path):
     (out / "train.bin").write_bytes(b"old")  # an earlier dataset of this repo's (its meta.json beside it)
     (out / "meta.json").write_text('{"vocab_size": 3, "tokenizer": {"kind": "char", "chars": "abc"}}')
     prep = lambda *a, env=None: run("data/qazdata_char/prepare.py", f"--out_dir={out}", *a, env=env, check=False)
-    assert_one_line_error(prep(f"--source={tmp_path / 'missing'}"), "does not exist")
+    assert_one_line_error(prep(f"--source={tmp_path / 'missing'}"), f"--source {tmp_path / 'missing'} does not exist")
+    # the message names where the path came from
+    from_env = prep(env={"KAZQAD_SOURCE": str(tmp_path / "gone")})
+    assert_one_line_error(from_env, f"$KAZQAD_SOURCE {tmp_path / 'gone'} does not exist")
+    from_nq = prep(f"--source={write_kazqad_source(tmp_path / 'src', 3)}", f"--nq_source={tmp_path / 'gone'}")
+    assert_one_line_error(from_nq, f"--nq_source {tmp_path / 'gone'} does not exist")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("Қазақ".encode("utf-8") + b"\xe9t\xe9\n\nmore")
     assert_one_line_error(prep(f"--source={bad}"), "is not UTF-8")
