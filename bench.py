@@ -41,6 +41,7 @@ from kazgpt.checkpoint import model_from_checkpoint
 from kazgpt.cli import ArgumentParser, UserError, not_a_file, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch, load_dataset_meta
 from kazgpt.files import check_output, write_files_atomically
+from kazgpt.kazqad import read_kazqad_examples
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, synchronize)
 from kazgpt.optim import OPTIMIZERS, build_optimizers, newton_schulz_dtype, step_optimizers
@@ -393,16 +394,17 @@ def run_tables(names: list[str], args, device: str, train_dtype: str, sample_dty
               f"{r['recompute_500_s']:13.2f}s {r['kv_speedup']:5.1f}x {str(r['same_tokens']):>12s}")
 
 
-def bench_retrieval(source: str) -> dict[str, dict]:
-    """Retrieval quality and speed of analyzer variants, on every question of a KazQAD source."""
+def bench_retrieval(splits: dict[str, list[dict]], source: str) -> dict[str, dict]:
+    """Retrieval quality and speed of analyzer variants, on every question of a KazQAD source (its
+    examples by split, as read_kazqad_examples gives them)."""
     from functools import partial
 
-    from kazgpt.kazqad import passage_key, read_kazqad_examples
-    from kazgpt.retrieval import STEM_LENGTH, PassageIndex, analyze, kazqad_collection
+    from kazgpt.kazqad import passage_key
+    from kazgpt.retrieval import STEM_LENGTH, PassageIndex, analyze, passages_of
 
-    passages = kazqad_collection(source)
+    passages = passages_of(splits)
     position = {(p.title, p.text): i for i, p in enumerate(passages)}
-    rows = [r for split in read_kazqad_examples(source).values() for r in split]
+    rows = [r for split in splits.values() for r in split]
     variants = {f"shipped (stop words, first {STEM_LENGTH} letters)": analyze,
                 "no stop words": partial(analyze, stopwords=frozenset()),
                 "whole words": partial(analyze, stem_length=None),
@@ -452,6 +454,7 @@ def check_args(args, names: list[str]) -> None:
         if data is None or not all((data / f).is_file() for f in ("train.bin", "val.bin", "meta.json")):
             raise UserError("--compare_nanogpt needs --data_dir: a folder prepared by data/qazdata_char/prepare.py "
                             "(train.bin, val.bin, meta.json)")
+        load_dataset_meta(data, 64)  # a damaged meta.json is refused now, not after the tables
 
 
 def main() -> None:
@@ -477,6 +480,8 @@ def main() -> None:
     args = parser.parse_args()
     names = [m for m in args.models.split(",") if m]
     check_args(args, names)
+    # read before the tables, which take minutes: a source that does not parse is refused at once
+    retrieval_examples = read_kazqad_examples(args.retrieval) if args.retrieval else None
     device = resolve_device(args.device)
     train_dtype = resolve_dtype(args.dtype, device, training=True)
     sample_dtype = resolve_dtype(args.dtype, device)
@@ -500,7 +505,7 @@ def main() -> None:
         results["vs_nanogpt"] = c
         print_comparison(c)
     if args.retrieval:
-        results["retrieval"] = bench_retrieval(args.retrieval)
+        results["retrieval"] = bench_retrieval(retrieval_examples, args.retrieval)
     out = Path(args.json)
     write_files_atomically(out.parent, {out.name: json.dumps(results, indent=1)})
     print(f"\nwrote {out}")

@@ -55,7 +55,11 @@ def analyze(text: str, stem_length: Optional[int] = STEM_LENGTH, stopwords: froz
 
 def kazqad_collection(source: Optional[str]) -> list[Passage]:
     """Every distinct passage of every split of a KazQAD source (None: the hub)."""
-    splits = read_kazqad_examples(source)
+    return passages_of(read_kazqad_examples(source))
+
+
+def passages_of(splits: dict[str, list[dict]]) -> list[Passage]:
+    """Every distinct passage of KazQAD examples by split (read_kazqad_examples), in a fixed order."""
     return [Passage(*key) for key in kazqad_passages(ex for name in sorted(splits) for ex in splits[name])]
 
 

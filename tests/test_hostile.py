@@ -471,6 +471,29 @@ def test_bad_options_of_the_argparse_scripts_are_one_line(script, args, fragment
     assert "usage:" not in proc.stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("damaged", ["retrieval", "compare_nanogpt"])
+def test_bench_refuses_damaged_inputs_before_the_tables(damaged, tmp_path):
+    """bench.py reads the inputs of its later parts (a KazQAD source for --retrieval, the prepared data
+    of --compare_nanogpt) before its timing tables, which take minutes: a damaged one is refused at once."""
+    if damaged == "retrieval":
+        source = tmp_path / "kazqad.jsonl"
+        source.write_text('{"title": "T", "context": "C",\n')
+        args, fragment = [f"--retrieval={source}"], "line 1 is not JSON"
+    else:
+        nano, data = tmp_path / "nanoGPT", tmp_path / "data"
+        for f in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py"):
+            (nano / f).parent.mkdir(parents=True, exist_ok=True)
+            (nano / f).write_text("")
+        data.mkdir()
+        for f in ("train.bin", "val.bin"):
+            (data / f).write_bytes(b"\0\0" * 100)
+        (data / "meta.json").write_text("{")
+        args, fragment = [f"--compare_nanogpt={nano}", f"--data_dir={data}"], "meta.json is unreadable"
+    proc = run("bench.py", *args, f"--json={tmp_path / 'bench.json'}", check=False, timeout=60)  # default --models
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "bench.json").exists()
+
+
 @pytest.mark.parametrize("script, args, fragment", [
     ("data/qazdata_char/prepare.py", ["--source=/dev/zero"], "--source /dev/zero is not a regular file"),
     ("data/kkwiki/prepare.py", ["--source=/dev/zero"], "--source /dev/zero is not a regular file"),
