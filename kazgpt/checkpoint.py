@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kazgpt.cli import UserError
+from kazgpt.cli import UserError, hub_warnings_held_back
 from kazgpt.files import commit, remove_stale_temporaries, temporary_name
 from kazgpt.tokenizer import Tokenizer, TiktokenTokenizer, tokenizer_from_spec
 from model import GPT, GPTConfig
@@ -103,7 +103,8 @@ def is_pretrained_name(init_from: str) -> bool:
 def load_pretrained(name_or_path: str, dropout: float = 0.0) -> GPT:
     """OpenAI's GPT-2 (hub name) or a local transformers GPT-2 folder, as this repo's GPT."""
     try:
-        return GPT.from_pretrained(name_or_path, dropout=dropout)
+        with hub_warnings_held_back():
+            return GPT.from_pretrained(name_or_path, dropout=dropout)
     except ValueError as e:  # loaded, but not a GPT-2 this model can hold
         raise UserError(f"'{name_or_path}' cannot be used: {e}") from None
     except Exception as e:  # the hub cannot be reached, or the folder holds no transformers model

@@ -3,16 +3,33 @@ in a DDP run only rank 0 prints."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import logging
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 
 class UserError(Exception):
     """Bad input from the user. Scripts report it as one line on stderr and exit with code 2."""
+
+
+@contextlib.contextmanager
+def hub_warnings_held_back() -> Iterator[None]:
+    """The Hugging Face hub client's warnings (one per failed request, and one per retry) held back
+    while loading from it: the caller reports a load that fails as one line; progress bars stay."""
+    with contextlib.suppress(ImportError):
+        import huggingface_hub.utils.logging  # noqa: F401  (importing it sets the level: set ours after)
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # how PyTorch and numpy say that an allocation failed: CPU, CUDA (torch.OutOfMemoryError), MPS

@@ -18,7 +18,7 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from kazgpt.cli import ArgumentParser, UserError, not_a_file
+from kazgpt.cli import ArgumentParser, UserError, hub_warnings_held_back, not_a_file
 from kazgpt.dataset import DATASET_FILES, meta_text
 from kazgpt.files import remove_stale_temporaries, temporary_name, write_files_atomically
 from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
@@ -126,8 +126,9 @@ def iter_hub_documents(hub_id: str, config: Optional[str] = None, title_field: O
     try:
         from datasets import load_dataset
 
-        for row in load_dataset(hub_id, config, split="train", streaming=True):
-            yield titled(row.get(title_field) if title_field else None, row["text"])
+        with hub_warnings_held_back():
+            for row in load_dataset(hub_id, config, split="train", streaming=True):
+                yield titled(row.get(title_field) if title_field else None, row["text"])
     except UserError:
         raise
     except Exception as e:

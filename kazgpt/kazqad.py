@@ -19,7 +19,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from kazgpt.cli import ArgumentParser, UserError, not_a_file
+from kazgpt.cli import ArgumentParser, UserError, hub_warnings_held_back, not_a_file
 
 KAZQAD_HUB_ID = ("issai/kazqad", "kazqad")
 NQ_TRANSLATE_HUB_ID = ("issai/kazqad", "nq-translate-kk")  # ~61k machine-translated triples, same schema
@@ -222,7 +222,8 @@ def _download_kazqad(hub_id: tuple[str, str]) -> dict[str, list[dict]]:
     try:
         from datasets import load_dataset
 
-        ds = load_dataset(*hub_id)
+        with hub_warnings_held_back():
+            ds = load_dataset(*hub_id)
     except Exception as e:
         local = ("--source=PATH (KazQAD JSON Lines file or folder, or a .txt file) "
                  f"or set {KAZQAD_SOURCE_ENV}=PATH") if hub_id == KAZQAD_HUB_ID else "--nq_source=PATH (JSON Lines)"

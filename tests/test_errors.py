@@ -4,12 +4,14 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from kazgpt.cli import UserError
-from conftest import TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl, write_kazqad_source
+from conftest import REPO, TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl, write_kazqad_source
 
 
 def assert_one_line_error(proc, *fragments):
@@ -292,10 +294,7 @@ def test_out_dir_holding_a_run_is_kept(trained, tmp_path):
 
 
 def test_second_run_on_the_same_out_dir_is_refused(trained, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO, wait_for_log_lines
+    from conftest import wait_for_log_lines
 
     out = tmp_path / "out"
     cmd = [sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={trained / 'data'}",
@@ -351,6 +350,21 @@ def test_bad_sample_args(trained, args, fragment):
     proc = run("sample.py", f"--out_dir={trained / 'out'}", "--device=cpu", *args, check=False)
     assert_one_line_error(proc, fragment)
     assert proc.stdout == ""
+
+
+def test_hub_warnings_are_held_back_while_loading():
+    """Offline, the hub client logs a warning per failed request and per retry (a dozen lines before
+    the one-line error); hub_warnings_held_back holds them back, also when the client is first imported
+    inside it (its import sets its logger's level), and lets them through again afterwards."""
+    code = (
+        "from kazgpt.cli import hub_warnings_held_back\n"
+        "with hub_warnings_held_back():\n"
+        "    from huggingface_hub.utils import logging\n"
+        "    logging.get_logger('huggingface_hub.utils._http').warning('retrying inside')\n"
+        "logging.get_logger('huggingface_hub.utils._http').warning('warning after')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "retrying inside" not in proc.stderr and "warning after" in proc.stderr
 
 
 # ---- prepare sources ----
