@@ -378,7 +378,10 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Opt
     """One token per row of logits (B, vocab) -> (B, 1)."""
     if greedy:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    # shifted so that the largest is 0, and divided in float64: a tiny temperature sends the others to
+    # -inf (one token left, as greedy) instead of overflowing to inf and nan
+    logits = logits.float()
+    logits = ((logits - logits.amax(dim=-1, keepdim=True)).double() / temperature).float()
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))

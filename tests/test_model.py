@@ -145,6 +145,9 @@ def test_sample_next_token_filters():
     assert set(sample_next_token(logits, top_p=0.6, generator=gen).flatten().tolist()) == {4}
     assert set(sample_next_token(logits, top_p=0.8, generator=gen).flatten().tolist()) == {3, 4}
     assert sample_next_token(logits[:1], greedy=True).item() == 4
+    # a temperature this small (float32 has no number this close to 0) picks the most likely token
+    for temperature in (1e-50, 1e-300):
+        assert sample_next_token(logits, temperature=temperature, generator=gen).flatten().tolist() == [4] * len(logits)
 
 
 def test_loss_and_generate_shapes():
