@@ -21,7 +21,7 @@ import torch
 
 import configurator
 from kazgpt.checkpoint import load_model
-from kazgpt.cli import UserError, not_a_file, run_main
+from kazgpt.cli import UserError, check_seed, not_a_file, run_main
 from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, line_end_tokens, passage_constraint, stream_text
 from kazgpt.kazqad import nfc
@@ -70,6 +70,7 @@ def check_ranges(cfg: SampleConfig) -> None:
         raise UserError(f"top_k must be at least 1 (or None), got {cfg.top_k}")
     if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
         raise UserError(f"top_p must be in (0, 1] (or None), got {cfg.top_p}")
+    check_seed(cfg.seed)
 
 
 def read_text_arg(value: str, key: str) -> str:

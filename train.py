@@ -43,7 +43,7 @@ import configurator
 from kazgpt.checkpoint import (GPT2_NAMES, find_checkpoint, is_pretrained_name, load_checkpoint, load_pretrained,
                                model_from_checkpoint, remove_stale_checkpoint_temporaries, rng_state, run_checkpoint,
                                save_checkpoint, set_rng_state)
-from kazgpt.cli import UserError, closest, is_rank0, print0, run_main
+from kazgpt.cli import UserError, check_seed, closest, is_rank0, print0, run_main
 from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch, load_dataset_meta, open_token_files,
                             training_batches)
 from kazgpt.device import (autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
@@ -122,8 +122,7 @@ def check_ranges(cfg: TrainConfig) -> None:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if not 0 <= cfg.seed < 2**62:  # it seeds torch's generators and keys each batch as a 64-bit integer
-        raise UserError(f"seed must be a whole number from 0 to 2**62, got {cfg.seed}")
+    check_seed(cfg.seed)
     for key in ("max_iters", "warmup_iters", "lr_decay_iters"):
         if getattr(cfg, key) < 0:
             raise UserError(f"{key} must be 0 or more, got {getattr(cfg, key)}")

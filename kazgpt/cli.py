@@ -17,6 +17,14 @@ class UserError(Exception):
     """Bad input from the user. Scripts report it as one line on stderr and exit with code 2."""
 
 
+SEED_BITS = 62  # a seed seeds torch's generators, and train.py keys each batch by it as a 64-bit integer
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**SEED_BITS:
+        raise UserError(f"seed must be a whole number from 0 to 2**{SEED_BITS}, got {seed}")
+
+
 @contextlib.contextmanager
 def hub_warnings_held_back() -> Iterator[None]:
     """The Hugging Face hub client's warnings (one per failed request, and one per retry) held back

@@ -343,6 +343,8 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
         (["--top_p=0"], "top_p must be in (0, 1]"),
         (["--top_p=1.5"], "top_p must be in (0, 1]"),
         (["--num_samples=0"], "num_samples must be at least 1"),
+        (["--seed=-5"], "seed must be a whole number from 0 to 2**62"),
+        (["--seed=99999999999999999999999"], "seed must be a whole number from 0 to 2**62"),
         (["--init_from=gpt3"], "init_from must be resume"),
     ],
 )
