@@ -149,6 +149,8 @@ def main() -> None:
         raise UserError(f"--modes must be a comma-separated list of {', '.join(MODES)}; got '{cfg.modes}'")
     if cfg.max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be at least 1, got {cfg.max_new_tokens}")
+    if cfg.limit is not None and cfg.limit < 1:  # a negative one would slice from the end
+        raise UserError(f"limit must be at least 1 (or None for every question), got {cfg.limit}")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     output = Path(cfg.output) if cfg.output else Path(cfg.out_dir) / f"eval_qa_{cfg.split}.jsonl"

@@ -354,6 +354,19 @@ def test_bad_sample_args(trained, args, fragment):
     assert proc.stdout == ""
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["--limit=-3"], "limit must be at least 1"),
+    (["--limit=0"], "limit must be at least 1"),
+    (["--max_new_tokens=0"], "max_new_tokens must be at least 1"),
+    (["--modes=reading,nope"], "--modes must be a comma-separated list"),
+])
+def test_bad_eval_qa_args(trained, tmp_path, args, fragment):
+    output = tmp_path / "eval.jsonl"
+    proc = run("eval_qa.py", f"--out_dir={trained / 'out'}", "--device=cpu", f"--output={output}", *args, check=False)
+    assert_one_line_error(proc, fragment)
+    assert proc.stdout == "" and not output.exists()
+
+
 def test_hub_warnings_are_held_back_while_loading():
     """Offline, the hub client logs a warning per failed request and per retry (a dozen lines before
     the one-line error); hub_warnings_held_back holds them back, also when the client is first imported
