@@ -51,8 +51,9 @@ def to_transformers(model: GPT, eot_token: Optional[int], vocab_size: int):
     if unlike_gpt2:
         raise UserError(f"this model has {', '.join(unlike_gpt2)}, which transformers' GPT-2 cannot hold; "
                         "export models trained with --position_encoding=learned --mlp_activation=gelu --qk_norm=False")
-    hf_config = GPT2Config(vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-                           n_head=c.n_head, activation_function="gelu_new" if c.gelu_approximate == "tanh" else "gelu",
+    activation = "gelu_new" if c.gelu_approximate == "tanh" else "gelu"
+    hf_config = GPT2Config(vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_inner=c.mlp_hidden,
+                           n_layer=c.n_layer, n_head=c.n_head, activation_function=activation,
                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
                            tie_word_embeddings=True, bos_token_id=eot_token, eos_token_id=eot_token)
     hf = GPT2LMHeadModel(hf_config)

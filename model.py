@@ -48,6 +48,7 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    mlp_ratio: float = 4.0  # the MLP's hidden width over n_embd: GPT-2's 4; narrower is cheaper per step
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
     gelu_approximate: str = "none"  # 'none': exact GELU (faster on CPU); 'tanh': GPT-2's, for its weights
@@ -65,6 +66,9 @@ class GPTConfig:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.mlp_ratio) and round(self.mlp_ratio * self.n_embd) >= 1):
+            raise ValueError(f"mlp_ratio must give the MLP at least one hidden unit (mlp_ratio x n_embd), "
+                             f"got {self.mlp_ratio}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.position_encoding == "rope" and self.head_dim % 2:
@@ -73,6 +77,10 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        return round(self.mlp_ratio * self.n_embd)
 
 
 class KVCache:
@@ -228,10 +236,10 @@ class ReLUSquared(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
         gelu = config.mlp_activation == "gelu"
         self.activation = nn.GELU(approximate=config.gelu_approximate) if gelu else ReLUSquared()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -335,7 +343,8 @@ class GPT(nn.Module):
         if approximate is None:
             raise ValueError(f"it uses activation '{c.activation_function}'; this GPT has GELU only (gelu, gelu_new)")
         config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                           n_embd=c.n_embd, dropout=dropout, bias=True, gelu_approximate=approximate)
+                           n_embd=c.n_embd, mlp_ratio=(c.n_inner or 4 * c.n_embd) / c.n_embd, dropout=dropout,
+                           bias=True, gelu_approximate=approximate)
         model = cls(config)
         sd = model.state_dict()
         hf_sd = {k: v for k, v in hf.state_dict().items() if not k.endswith(HF_ATTENTION_BUFFERS)}

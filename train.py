@@ -82,6 +82,7 @@ class TrainConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    mlp_ratio: float = 4.0  # the MLP's hidden width over n_embd (GPT-2's: 4)
     dropout: float = 0.0  # 0 for pretraining, 0.1+ for finetuning
     bias: bool = False  # biases in Linear and LayerNorm layers
     # from scratch, three choices newer than GPT-2 (a model started from weights keeps the weights' own):
@@ -132,6 +133,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if not (math.isfinite(value) and 0 <= value < 10) or (key == "learning_rate" and value == 0):
             raise UserError(f"{key} must be a positive number below 10, got {value}")
+    if not (math.isfinite(cfg.mlp_ratio) and cfg.mlp_ratio > 0):
+        raise UserError(f"mlp_ratio must be a positive number (the MLP's width over n_embd), got {cfg.mlp_ratio}")
     if not (math.isfinite(cfg.muon_lr) and 0 < cfg.muon_lr < 10):
         raise UserError(f"muon_lr must be a positive number below 10, got {cfg.muon_lr}")
     for key in ("dropout", "beta1", "beta2", "muon_momentum"):
@@ -304,12 +307,12 @@ def new_model(cfg: TrainConfig, vocab_size: int) -> GPT:
     padded_vocab = -(-vocab_size // 64) * 64  # a multiple of 64 makes the output matmul faster on GPUs
     try:
         config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                           n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
+                           n_embd=cfg.n_embd, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, bias=cfg.bias,
                            position_encoding=cfg.position_encoding, mlp_activation=cfg.mlp_activation,
                            qk_norm=cfg.qk_norm)
     except ValueError as e:
-        raise UserError(f"{e}: change the model's settings (--n_layer, --n_head, --n_embd, --block_size, "
-                        "--position_encoding, --mlp_activation)") from None
+        raise UserError(f"{e}: change the model's settings (--n_layer, --n_head, --n_embd, --mlp_ratio, "
+                        "--block_size, --position_encoding, --mlp_activation)") from None
     return GPT(config)
 
 
@@ -387,7 +390,8 @@ def wrapped_model(raw_model: GPT, use_compile: bool, procs: Processes) -> torch.
 
 
 # fixed by the weights a run starts from
-ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "bias", "position_encoding", "mlp_activation", "qk_norm")
+ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_embd", "mlp_ratio", "bias", "position_encoding", "mlp_activation",
+                     "qk_norm")
 
 
 def check_architecture(cfg: TrainConfig, model: GPT, given: Collection[str]) -> None:

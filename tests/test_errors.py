@@ -65,6 +65,9 @@ def train(trained, *args, data=None, out=None, env=None):
     (["--learning_rate=-0.1"], ["learning_rate must be a positive number"]),
     (["--learning_rate=nan"], ["learning_rate must be float"]),
     (["--learning_rate=1e9"], ["learning_rate must be a positive number below 10"]),
+    (["--mlp_ratio=0"], ["mlp_ratio must be a positive number"]),
+    (["--mlp_ratio=-2"], ["mlp_ratio must be a positive number"]),
+    (["--mlp_ratio=two"], ["mlp_ratio must be float"]),
     (["--device=cuda"], ["no CUDA GPU", "--device=cpu"]),
     (["--device=mps"], ["MPS is not available"]),
     (["--device=tpu"], ["unknown device 'tpu'"]),
@@ -208,6 +211,7 @@ def test_resume_without_checkpoint(trained, tmp_path):
     (["--init_from=resume", "--n_embd=48"], "n_embd=48"),
     (["--init_from={out}", "--n_head=1"], "n_head=1"),
     (["--init_from={out}", "--bias=True"], "bias=True"),
+    (["--init_from=resume", "--mlp_ratio=3"], "mlp_ratio=3.0"),
 ])
 def test_shape_the_weights_do_not_have_is_refused(trained, tmp_path, args, key):
     """A model shape asked for beside init_from (resume, or a run to finetune) that its weights do not

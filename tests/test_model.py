@@ -6,11 +6,13 @@ import torch
 from model import ARCHITECTURES, GPT, GPTConfig, generate_tokens, generate_without_cache, sample_next_token
 
 
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
+@pytest.fixture(scope="module", params=[None, 48], ids=["mlp_4x", "n_inner_48"])
+def hf_folder(tmp_path_factory, request):
+    """A tiny random transformers GPT-2, with GPT-2's MLP width (n_inner None: 4 x n_embd) or another."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=97)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=97,
+                                     n_inner=request.param)
     hf = transformers.GPT2LMHeadModel(config)
     with torch.no_grad():  # random biases and LayerNorm gains, so that every weight is checked
         for name, p in hf.named_parameters():
@@ -135,6 +137,16 @@ def test_newer_architecture_has_no_position_embeddings():
         GPTConfig(n_embd=30, n_head=2, position_encoding="rope")
     with pytest.raises(ValueError, match="mlp_activation"):
         GPTConfig(mlp_activation="swish")
+
+
+def test_mlp_width():
+    model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=32, mlp_ratio=1.5))
+    assert model.transformer.h[0].mlp.c_fc.weight.shape == (48, 32)
+    assert model.transformer.h[0].mlp.c_proj.weight.shape == (32, 48)
+    assert GPTConfig(n_embd=32, n_head=2).mlp_hidden == 128  # GPT-2's 4x by default
+    for ratio in (0, -1, 0.01, float("nan"), float("inf")):  # 0.01 x 32 rounds to no unit at all
+        with pytest.raises(ValueError, match="mlp_ratio"):
+            GPTConfig(n_embd=32, n_head=2, mlp_ratio=ratio)
 
 
 def test_sample_next_token_filters():
