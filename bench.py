@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from kazgpt.checkpoint import model_from_checkpoint
+from configurator import read_config_file
 from kazgpt.cli import ArgumentParser, UserError, not_a_file, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch, load_dataset_meta
 from kazgpt.files import check_output, write_files_atomically
@@ -58,15 +59,20 @@ class BenchModel:
     batch_size: int
     vocab_size: int
     iters: int  # timed training iterations by default: enough for a stable median, little enough for a CPU
+    mlp_ratio: float = GPTConfig.mlp_ratio
 
     def model(self, architecture: str) -> GPT:
         return GPT(GPTConfig(block_size=self.block_size, vocab_size=self.vocab_size, n_layer=self.n_layer,
-                             n_head=self.n_head, n_embd=self.n_embd, bias=False, **ARCHITECTURES[architecture]))
+                             n_head=self.n_head, n_embd=self.n_embd, mlp_ratio=self.mlp_ratio, bias=False,
+                             **ARCHITECTURES[architecture]))
 
 
+# the MLP width of config/train_qazdata_char.py, which the README's quick start trains with too
+CHAR_MLP_RATIO = read_config_file(str(REPO_ROOT / "config" / "train_qazdata_char.py")).get("mlp_ratio",
+                                                                                            GPTConfig.mlp_ratio)
 MODELS = {
-    "quickstart": BenchModel(4, 4, 128, 64, 12, 256, 50),  # the README's CPU quick start
-    "char": BenchModel(6, 6, 384, 256, 64, 256, 8),  # config/train_qazdata_char.py
+    "quickstart": BenchModel(4, 4, 128, 64, 12, 256, 50, CHAR_MLP_RATIO),  # the README's CPU quick start
+    "char": BenchModel(6, 6, 384, 256, 64, 256, 8, CHAR_MLP_RATIO),  # config/train_qazdata_char.py
     "gpt2": BenchModel(12, 12, 768, 1024, 12, 50304, 20),  # config/train_gpt2.py, per GPU
 }
 
@@ -292,9 +298,9 @@ def nanogpt_step(nanogpt_copy: Path, config: dict) -> tuple:
     return model, optimize
 
 
-def kazgpt_step(config: dict, optimizer: str, architecture: str) -> tuple:
-    """This repo's model and optimizers at the same size, as (model, optimizer step)."""
-    model = GPT(GPTConfig(**config, bias=False, **ARCHITECTURES[architecture]))
+def kazgpt_step(config: dict, optimizer: str, architecture: str, mlp_ratio: float) -> tuple:
+    """This repo's model and optimizers at the same size (but for the MLP's width), as (model, optimizer step)."""
+    model = GPT(GPTConfig(**config, mlp_ratio=mlp_ratio, bias=False, **ARCHITECTURES[architecture]))
     optimizers = build_optimizers(model, optimizer, 1e-3, 0.1, (0.9, 0.99), 0.01, 0.95, "cpu")
     scaler = torch.amp.GradScaler("cuda", enabled=False)
 
@@ -309,14 +315,14 @@ def interleaved_step_costs(nanogpt_copy: Path, vocab_size: int, optimizer: str, 
                            rounds: int = 12, steps: int = 10) -> dict:
     """Milliseconds per training step of the quick-start model, forward and backward apart from the
     optimizer step, for nanoGPT, this repo's recipe, and this repo with nanoGPT's recipe (AdamW, GPT-2's
-    architecture): the three take turns, `steps` steps each (the first two not timed), so that a
+    architecture and MLP width): the three take turns, `steps` steps each (the first two not timed), so that a
     machine whose speed drifts during a run slows all three alike. Medians over every timed step."""
     torch.manual_seed(0)
     config = {"block_size": 64, "vocab_size": vocab_size, "n_layer": 4, "n_head": 4, "n_embd": 128}
     x, y = (torch.randint(0, vocab_size, (12, 64)) for _ in range(2))
     variants = {"nanogpt": nanogpt_step(nanogpt_copy, config),
-                f"kazgpt ({optimizer}, {architecture})": kazgpt_step(config, optimizer, architecture),
-                "kazgpt (adamw, gpt2)": kazgpt_step(config, "adamw", "gpt2")}
+                f"kazgpt ({optimizer}, {architecture})": kazgpt_step(config, optimizer, architecture, CHAR_MLP_RATIO),
+                "kazgpt (adamw, gpt2)": kazgpt_step(config, "adamw", "gpt2", GPTConfig.mlp_ratio)}
     times = {name: ([], []) for name in variants}
     for _ in range(rounds):
         for name, (model, optimize) in variants.items():

@@ -18,6 +18,7 @@ block_size = 256  # up to 256 previous characters
 n_layer = 6
 n_head = 6
 n_embd = 384
+mlp_ratio = 2  # MLPs twice as wide as the model, not GPT-2's 4x: about the same loss in less time (BENCHMARKS.md)
 dropout = 0.2
 
 # Muon for the block matrices (the default from scratch), AdamW for the rest; these rates were tuned
