@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kazgpt.checkpoint import model_from_checkpoint
 from configurator import read_config_file
+from kazgpt.checkpoint import model_from_checkpoint
 from kazgpt.cli import ArgumentParser, UserError, not_a_file, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch, load_dataset_meta
 from kazgpt.files import check_output, write_files_atomically
