@@ -150,6 +150,8 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise UserError(f"lr_schedule must be {' or '.join(LR_SCHEDULES)}, got '{cfg.lr_schedule}'")
     if cfg.keep_checkpoints not in ("latest", "best", "both"):
         raise UserError(f"keep_checkpoints must be 'latest', 'best' or 'both', got '{cfg.keep_checkpoints}'")
+    if cfg.init_from == "scratch":  # its shape checked now, before the out_dir; the vocabulary comes with the data
+        scratch_model_config(cfg, vocab_size=1)
     source = run_checkpoint(cfg.init_from) if cfg.init_from not in ("scratch", "resume") else None
     if source is not None and source.resolve().parent == Path(cfg.out_dir).resolve():
         raise UserError(f"init_from {cfg.init_from} is in out_dir {cfg.out_dir}: finetune into a new --out_dir, or "
@@ -303,17 +305,17 @@ def dataset_dir(cfg: TrainConfig) -> Path:
     return data_dir
 
 
-def new_model(cfg: TrainConfig, vocab_size: int) -> GPT:
+def scratch_model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    """The shape of a model trained from scratch; one the model refuses is a UserError naming the keys."""
     padded_vocab = -(-vocab_size // 64) * 64  # a multiple of 64 makes the output matmul faster on GPUs
     try:
-        config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                           n_embd=cfg.n_embd, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, bias=cfg.bias,
-                           position_encoding=cfg.position_encoding, mlp_activation=cfg.mlp_activation,
-                           qk_norm=cfg.qk_norm)
+        return GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                         n_embd=cfg.n_embd, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, bias=cfg.bias,
+                         position_encoding=cfg.position_encoding, mlp_activation=cfg.mlp_activation,
+                         qk_norm=cfg.qk_norm)
     except ValueError as e:
         raise UserError(f"{e}: change the model's settings (--n_layer, --n_head, --n_embd, --mlp_ratio, "
                         "--block_size, --position_encoding, --mlp_activation)") from None
-    return GPT(config)
 
 
 def resumed_model(cfg: TrainConfig, meta: dict, out_dir: Path) -> tuple[GPT, dict]:
@@ -362,7 +364,7 @@ def build_model(cfg: TrainConfig, meta: dict, out_dir: Path,
     and flags set (a shape among them must be the weights' own, check_architecture)."""
     checkpoint, made_with = None, None
     if cfg.init_from == "scratch":
-        model = new_model(cfg, meta["vocab_size"])
+        model = GPT(scratch_model_config(cfg, meta["vocab_size"]))
     elif cfg.init_from == "resume":
         model, checkpoint = resumed_model(cfg, meta, out_dir)
         made_with = checkpoint.get("optimizer_name", "adamw")  # checkpoints from before Muon: adamw

@@ -68,6 +68,10 @@ def train(trained, *args, data=None, out=None, env=None):
     (["--mlp_ratio=0"], ["mlp_ratio must be a positive number"]),
     (["--mlp_ratio=-2"], ["mlp_ratio must be a positive number"]),
     (["--mlp_ratio=two"], ["mlp_ratio must be float"]),
+    # shapes the model refuses are named before the out_dir (which holds a run here)
+    (["--mlp_ratio=0.001"], ["mlp_ratio must give the MLP at least one hidden unit", "--mlp_ratio"]),
+    (["--n_head=3"], ["n_embd (32) must be a multiple of n_head (3)", "--n_head"]),
+    (["--n_head=32", "--position_encoding=rope"], ["rotary positions need an even head size, got 1"]),
     (["--device=cuda"], ["no CUDA GPU", "--device=cpu"]),
     (["--device=mps"], ["MPS is not available"]),
     (["--device=tpu"], ["unknown device 'tpu'"]),
