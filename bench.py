@@ -446,6 +446,14 @@ def check_args(args, names: list[str]) -> None:
         raise UserError(f"unknown model '{unknown[0]}': choose from {', '.join(MODELS)} (or --models= for none)")
     if args.iters is not None and args.iters < 1:
         raise UserError(f"--iters must be at least 1, got {args.iters}")
+    for flag in ("json", "compare_nanogpt", "data_dir", "retrieval"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise UserError(f"--{flag} is empty: give it a path, or leave it out")
+    if not (names or args.compare_nanogpt or args.retrieval):  # an empty run would replace earlier results
+        raise UserError(f"nothing to run: --models is empty; name models ({', '.join(MODELS)}), "
+                        "--compare_nanogpt or --retrieval")
+    if args.data_dir and not args.compare_nanogpt:
+        raise UserError("--data_dir is the data of --compare_nanogpt: give both, or leave --data_dir out")
     check_output(Path(args.json), made_by_bench, "results (--json)")
     problem = args.retrieval and not_a_file(Path(args.retrieval), folder_ok=True)
     if problem:

@@ -161,14 +161,37 @@ def test_plot_skips_foreign_log_lines(trained, tmp_path):
 
 
 def test_bench_json_output(tmp_path):
+    source = write_jsonl(tmp_path / "kazqad.jsonl", make_examples(4))
+    quick = ["--models=", f"--retrieval={source}"]  # the quickest run that has results
     mine = tmp_path / "results.json"
     mine.write_text('{"mine": 1}')
-    assert_one_line_error(run("bench.py", "--models=", f"--json={mine}", check=False), "was not written")
+    assert_one_line_error(run("bench.py", *quick, f"--json={mine}", check=False), "was not written")
     assert mine.read_text() == '{"mine": 1}'
     ours = tmp_path / "bench.json"
-    run("bench.py", "--models=", f"--json={ours}")
-    run("bench.py", "--models=", f"--json={ours}")  # its own results: replaced
-    assert json.loads(ours.read_text())["info"]["device"] == "cpu"
+    run("bench.py", *quick, f"--json={ours}")
+    run("bench.py", *quick, f"--json={ours}")  # its own results: replaced
+    assert json.loads(ours.read_text())["retrieval"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--models="], "nothing to run: --models is empty"),
+    (["--models=,"], "nothing to run: --models is empty"),
+    (["--compare_nanogpt="], "--compare_nanogpt is empty"),
+    (["--retrieval= "], "--retrieval is empty"),
+    (["--json="], "--json is empty"),
+    (["--data_dir=data"], "--data_dir is the data of --compare_nanogpt"),
+])
+def test_bench_refuses_runs_that_would_replace_results_with_less(args, fragment, tmp_path):
+    """A run with nothing to do, or with a part named by an empty flag, would write results without
+    what was asked (an empty run replaced the earlier bench.json): refused before anything runs."""
+    earlier = tmp_path / "bench.json"
+    run("bench.py", "--models=", f"--retrieval={write_jsonl(tmp_path / 'k.jsonl', make_examples(4))}",
+        f"--json={earlier}")
+    before = earlier.read_bytes()
+    json_flag = [] if args[0].startswith("--json") else [f"--json={earlier}"]
+    proc = run("bench.py", *args, *json_flag, check=False, timeout=60)
+    assert_one_line_error(proc, fragment)
+    assert earlier.read_bytes() == before
 
 
 def test_export_refusals_leave_nothing(trained, tmp_path):
