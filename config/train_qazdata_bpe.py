@@ -15,6 +15,7 @@ block_size = 64  # 64 tokens: about 250 characters of Kazakh
 n_layer = 4
 n_head = 4
 n_embd = 128
+mlp_ratio = 4.0  # GPT-2's: the char quick start's 2 lost more loss here than it saved time (BENCHMARKS.md)
 dropout = 0.1  # 140k training tokens: the Muon recipe overfits them without it (BENCHMARKS.md)
 
 # Muon at train.py's default rate (0.02) for the block matrices, AdamW for the rest (the 8192 x 128
