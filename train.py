@@ -47,7 +47,7 @@ from kazgpt.cli import UserError, check_seed, closest, is_rank0, print0, run_mai
 from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch, load_dataset_meta, open_token_files,
                             training_batches)
 from kazgpt.device import (autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
-                           resolve_dtype)
+                           resolve_dtype, resumed_dtype)
 from kazgpt.files import SetAside, put_back_interrupted_replacement
 from kazgpt.optim import (LR_SCHEDULES, OPTIMIZERS, build_optimizers, lr_multiplier, newton_schulz_dtype, set_lr,
                           step_optimizers)
@@ -474,6 +474,7 @@ class CheckpointWriter:
     model: GPT
     optimizers: list  # [AdamW] or [AdamW, Muon]
     optimizer_name: str
+    dtype: str  # the autocast dtype it trains in, which a resumed run keeps (resumed_dtype)
     scaler: torch.amp.GradScaler
     meta: dict
     cfg: TrainConfig
@@ -490,7 +491,7 @@ class CheckpointWriter:
             save_checkpoint({
                 "model": self.model.state_dict(), "optimizer": self.optimizers[0].state_dict(),
                 "muon": self.optimizers[1].state_dict() if len(self.optimizers) > 1 else None,
-                "optimizer_name": self.optimizer_name,
+                "optimizer_name": self.optimizer_name, "dtype": self.dtype,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "model_args": self.model.model_args(), "tokenizer": self.meta["tokenizer"], "iter_num": iter_num,
                 "best_val_loss": best_val_loss, "config": configurator.config_dict(self.cfg), "rng": states,
@@ -666,13 +667,10 @@ def main() -> int:
     procs = setup_processes(cfg)
     device = procs.device
     accum_steps = cfg.gradient_accumulation_steps // procs.world_size  # micro-steps per process
-    dtype = training_dtype(cfg, procs)
+    dtype = training_dtype(cfg, procs)  # an explicit one that this device cannot run is refused here
     use_compile = device.startswith("cuda") if cfg.compile is None else cfg.compile
     torch.manual_seed(cfg.seed + procs.rank)
-    autocast = autocast_context(device, dtype)
     tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
-    print0(f"device {device}, dtype {dtype}, compile {use_compile}, {procs.world_size} process(es), "
-           f"tokens per iteration {tokens_per_iter:,}")
 
     # ---- data ----
     data_dir = dataset_dir(cfg)
@@ -686,6 +684,14 @@ def main() -> int:
     early_lock = claim_out_dir(out_dir, resuming, cfg.overwrite, create=False) if procs.master else None
     raw_model, checkpoint, made_with = build_model(cfg, meta, out_dir, given)  # plain module: checkpoints, MFU
     raw_model.to(device)
+    if checkpoint is not None and cfg.dtype is None:
+        trained_in, dtype = checkpoint.get("dtype"), resumed_dtype(checkpoint.get("dtype"), dtype, device)
+        if trained_in not in (None, dtype):
+            print0(f"note: the checkpoint was trained in {trained_in}, which {device} does not run: training in "
+                   f"{dtype} (per-step losses will not match an uninterrupted run)")
+    autocast = autocast_context(device, dtype)
+    print0(f"device {device}, dtype {dtype}, compile {use_compile}, {procs.world_size} process(es), "
+           f"tokens per iteration {tokens_per_iter:,}")
     print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
     opt_name = optimizer_name(cfg, checkpoint is not None, made_with)
@@ -703,7 +709,7 @@ def main() -> int:
 
     # ---- training loop ----
     run_log = RunLog(out_dir, cfg, procs.master, out_lock, replace_earlier=cfg.overwrite and not resuming)
-    writer = CheckpointWriter(out_dir, raw_model, optimizers, opt_name, scaler, meta, cfg, procs)
+    writer = CheckpointWriter(out_dir, raw_model, optimizers, opt_name, dtype, scaler, meta, cfg, procs)
     stop = StopSignal(cfg.eval_only)
     speed = SpeedMeter(raw_model, tokens_per_iter, procs.world_size, device_peak_flops(device, dtype), iter_num)
     batches = training_batches(data["train"], cfg.batch_size, cfg.block_size, cfg.seed, iter_num, accum_steps,

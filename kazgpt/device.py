@@ -41,11 +41,16 @@ def cpu_supports_bf16() -> bool:
 def cpu_bf16_speedup() -> float:
     """How many times faster a bf16 matmul runs than a float32 one on this CPU (0 without bf16).
     A CPU flag alone cannot tell: bf16 is fast with AMX and slower than fp32 when emulated
-    (BENCHMARKS.md has the figures), so a 512-square matmul is timed for 50 ms in each dtype."""
+    (BENCHMARKS.md has the figures), so a 512-square matmul is timed in each dtype, taking turns for
+    10 ms five times, and the best rate of each is kept: other work on the machine slows some of the
+    turns, seldom the best ones (one 50 ms timing of each flipped the pick on a busy machine)."""
     if not cpu_supports_bf16():
         return 0.0
-    bf16 = measure_matmul_flops("cpu", "bfloat16", n=512, seconds=0.05)
-    return bf16 / measure_matmul_flops("cpu", "float32", n=512, seconds=0.05)
+    best = {"bfloat16": 0.0, "float32": 0.0}
+    for _ in range(5):
+        for dtype in best:
+            best[dtype] = max(best[dtype], measure_matmul_flops("cpu", dtype, n=512, seconds=0.01))
+    return best["bfloat16"] / best["float32"]
 
 
 def resolve_dtype(requested: Optional[str], device: str, training: bool = False) -> str:
@@ -69,6 +74,18 @@ def resolve_dtype(requested: Optional[str], device: str, training: bool = False)
     if requested == "float16" and kind != "cuda":
         raise UserError(f"float16 autocast is only used on CUDA: use --dtype=float32 (or bfloat16) on {kind}")
     return requested
+
+
+def resumed_dtype(trained_in, picked: str, device: str) -> str:
+    """The dtype of a resumed run not given --dtype: the one its checkpoint was trained in, where this
+    device runs it, so that a timing (cpu_bf16_speedup) cannot switch a run's precision when it
+    resumes; else `picked`, the default for this device (also for checkpoints that do not say)."""
+    if not (isinstance(trained_in, str) and trained_in in DTYPES):
+        return picked
+    try:
+        return resolve_dtype(trained_in, device, training=True)
+    except UserError:  # e.g. trained in float16 on a GPU, resumed on a CPU
+        return picked
 
 
 def autocast_context(device: str, dtype: str):

@@ -154,6 +154,7 @@ def read_log(out_dir: Path) -> list[dict]:
 GPT2_ARCHITECTURE = ["--position_encoding=learned", "--mlp_activation=gelu", "--qk_norm=False"]  # not the newer default
 TINY_MODEL = [
     "--device=cpu",
+    "--dtype=float32",  # not a timing's pick: runs that tests compare must train in the same precision
     "--compile=False",
     "--n_layer=2",
     "--n_head=2",
