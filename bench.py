@@ -174,6 +174,8 @@ def step_milliseconds(log: str, first_logged_step: int) -> list[float]:
     so that the total is training time alone."""
     times = {int(n) + 1 - first_logged_step: float(ms)
              for n, ms in re.findall(r"^iter (\d+): .*?time ([\d.]+)ms", log, re.M)}
+    if not times:
+        return []
     median = statistics.median(times.values())
     return [median if step % EVAL_INTERVAL == 1 else times[step] for step in sorted(times)]
 
@@ -222,14 +224,23 @@ def run_quick_start(name: str, cmd: list[str], cwd: Path, out_dir: Path, first_l
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise UserError(f"{name}'s run failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        last = proc.stderr.strip().splitlines()[-1:] or ["no error output"]
+        raise UserError(f"{name}'s run failed (exit {proc.returncode}): {last[0]}")
     steps_ms = step_milliseconds(proc.stdout, first_logged_step)
+    checkpoints = sorted(out_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if not steps_ms or not checkpoints:
+        raise UserError(f"{name}'s train.py ran but logged no 'iter N: ... time Xms' lines or saved no checkpoint: "
+                        "it is not the train.py expected (pass a current nanoGPT checkout)")
     curve = []
-    for path in sorted(out_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1])):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        it = int(ckpt["iter_num"])
-        curve.append({"iter": it, "train_s": sum(steps_ms[:it]) / 1000,
-                      "full_val_loss": full_val_loss(ckpt["model"], ckpt["model_args"], val_path)})
+    for path in checkpoints:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            it = int(ckpt["iter_num"])
+            loss = full_val_loss(ckpt["model"], ckpt["model_args"], val_path)
+        except Exception as e:  # a checkpoint of another train.py than the one expected
+            raise UserError(f"{name}'s checkpoint at an eval could not be scored ({type(e).__name__}: "
+                            f"{str(e)[:120]}): pass a current nanoGPT checkout") from None
+        curve.append({"iter": it, "train_s": sum(steps_ms[:it]) / 1000, "full_val_loss": loss})
     return {"wall_s": wall, "train_s": sum(steps_ms) / 1000, "median_ms": statistics.median(steps_ms),
             "full_val_loss": curve[-1]["full_val_loss"], "curve": curve}
 

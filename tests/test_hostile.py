@@ -4,6 +4,7 @@ environment set wrong, wandb that cannot start, log files with foreign lines, ba
 Each case: exit code 2, exactly one 'error:' line, no traceback, nothing that existed changed."""
 import errno
 import json
+import re
 import shutil
 
 import numpy as np
@@ -534,3 +535,20 @@ def test_inputs_that_are_no_regular_file(script, args, fragment, tmp_path):
     proc = run(script, *args, *out, check=False, timeout=120)
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("train_py, fragment", [
+    ("print('hello')", "logged no 'iter N: ... time Xms' lines or saved no checkpoint"),
+    ("raise SystemExit('boom')", "nanogpt's run failed (exit 1): boom"),
+    ("import sys; sys.exit(3)", "nanogpt's run failed (exit 3): no error output"),
+    ("import torch, os; print('iter 0: loss 1.0, time 5.0ms'); os.makedirs('out', exist_ok=True); "
+     "torch.save({'iter_num': 100, 'weights': 1}, 'out/ckpt.pt')", "checkpoint at an eval could not be scored"),
+])
+def test_bench_comparison_refuses_a_train_py_it_cannot_read(train_py, fragment, tmp_path):
+    """--compare_nanogpt runs another repo's train.py: one that fails, logs nothing it can read, or
+    saves checkpoints of another shape is one line naming what went wrong, not a traceback."""
+    import bench
+
+    (tmp_path / "train.py").write_text(train_py + "\n")
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        bench.run_quick_start("nanogpt", [], tmp_path, tmp_path / "out", 0, tmp_path / "val.bin")
