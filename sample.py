@@ -76,6 +76,8 @@ def check_ranges(cfg: SampleConfig) -> None:
 def read_text_arg(value: str, key: str) -> str:
     """The text of a --start/--context value: itself, or the file FILE:path names."""
     if value.startswith("FILE:"):
+        if not value[5:].strip():
+            raise UserError(f"--{key}=FILE: names no file: give FILE:path of a UTF-8 text file")
         path = Path(value[5:])
         problem = not_a_file(path)
         if problem:

@@ -523,6 +523,7 @@ def test_bench_refuses_damaged_inputs_before_the_tables(damaged, tmp_path):
     ("data/kkwiki/prepare.py", ["--source=/dev/zero"], "--source /dev/zero is not a regular file"),
     ("sample.py", ["/dev/zero"], "config file /dev/zero is not a regular file"),
     ("sample.py", ["--start=FILE:{tmp}"], "is a folder, not a file (from --start=FILE:"),
+    ("sample.py", ["--start=FILE:"], "--start=FILE: names no file"),
     ("plot.py", ["--out_dir={tmp}"], "log.jsonl is a folder, not a file"),
 ])
 def test_inputs_that_are_no_regular_file(script, args, fragment, tmp_path):
