@@ -241,7 +241,9 @@ def run_quick_start(name: str, cmd: list[str], cwd: Path, out_dir: Path, first_l
             raise UserError(f"{name}'s checkpoint at an eval could not be scored ({type(e).__name__}: "
                             f"{str(e)[:120]}): pass a current nanoGPT checkout") from None
         curve.append({"iter": it, "train_s": sum(steps_ms[:it]) / 1000, "full_val_loss": loss})
+    dtype = re.search(r"^device \S+, dtype (\w+)", proc.stdout, re.M)  # this repo's line; nanoGPT prints none
     return {"wall_s": wall, "train_s": sum(steps_ms) / 1000, "median_ms": statistics.median(steps_ms),
+            "dtype": dtype.group(1) if dtype else None,
             "full_val_loss": curve[-1]["full_val_loss"], "curve": curve}
 
 
@@ -360,6 +362,7 @@ def print_comparison(c: dict) -> None:
         r = c[name]
         print(f"{name:28s} {r['wall_s']:8.1f}s {r['train_s']:7.1f}s {r['median_ms']:10.2f} {r['full_val_loss']:10.4f}")
     print(f"{'ratio kazgpt/nanogpt':28s} {c['wall_ratio']:8.2f}x {c['train_ratio']:7.2f}x")
+    print(f"kazgpt trained in {c['kazgpt'].get('dtype')}; nanoGPT's train.py uses no autocast on a CPU (float32)")
     for name in ("nanogpt", "kazgpt"):
         print(f"{name} whole-val curve: " + ", ".join(f"{p['iter']}: {p['full_val_loss']:.4f} ({p['train_s']:.1f}s)"
                                                        for p in c[name]["curve"]))
