@@ -241,6 +241,18 @@ def training_dtype(cfg: TrainConfig, procs: Processes) -> str:
     return dtype
 
 
+def dtype_once_loaded(cfg: TrainConfig, picked: str, checkpoint: Optional[dict], device: str) -> str:
+    """The dtype of the run once its checkpoint is read: a resumed run not given --dtype keeps its
+    checkpoint's (resumed_dtype), and says so where this device cannot run that one."""
+    if checkpoint is None or cfg.dtype is not None:
+        return picked
+    trained_in, dtype = checkpoint.get("dtype"), resumed_dtype(checkpoint.get("dtype"), picked, device)
+    if trained_in not in (None, dtype):
+        print0(f"note: the checkpoint was trained in {trained_in}, which {device} does not run: training in "
+               f"{dtype} (per-step losses will not match an uninterrupted run)")
+    return dtype
+
+
 RUN_FILES = ("ckpt.pt", "best.pt", "log.jsonl")  # what a run writes into out_dir
 LOCK_FILE = ".kazgpt-train.lock"
 
@@ -684,15 +696,10 @@ def main() -> int:
     early_lock = claim_out_dir(out_dir, resuming, cfg.overwrite, create=False) if procs.master else None
     raw_model, checkpoint, made_with = build_model(cfg, meta, out_dir, given)  # plain module: checkpoints, MFU
     raw_model.to(device)
-    if checkpoint is not None and cfg.dtype is None:
-        trained_in, dtype = checkpoint.get("dtype"), resumed_dtype(checkpoint.get("dtype"), dtype, device)
-        if trained_in not in (None, dtype):
-            print0(f"note: the checkpoint was trained in {trained_in}, which {device} does not run: training in "
-                   f"{dtype} (per-step losses will not match an uninterrupted run)")
+    dtype = dtype_once_loaded(cfg, dtype, checkpoint, device)
     autocast = autocast_context(device, dtype)
     print0(f"device {device}, dtype {dtype}, compile {use_compile}, {procs.world_size} process(es), "
-           f"tokens per iteration {tokens_per_iter:,}")
-    print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters")
+           f"tokens per iteration {tokens_per_iter:,}\nmodel: {raw_model.num_params() / 1e6:.2f}M parameters")
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
     opt_name = optimizer_name(cfg, checkpoint is not None, made_with)
     optimizers = build_optimizers(raw_model, opt_name, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
