@@ -109,8 +109,11 @@ def load_pretrained(name_or_path: str, dropout: float = 0.0) -> GPT:
         raise UserError(f"'{name_or_path}' cannot be used: {e}") from None
     except Exception as e:  # the hub cannot be reached, or the folder holds no transformers model
         where = "folder" if Path(name_or_path).exists() else "model"
-        raise UserError(f"could not load the GPT-2 {where} '{name_or_path}' ({type(e).__name__}); offline, pass a "
-                        "local folder saved by transformers' GPT2LMHeadModel.save_pretrained") from None
+        offline_already = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        cache = "" if where == "folder" or offline_already else \
+            "set HF_HUB_OFFLINE=1 to take it from the Hugging Face cache without retrying the hub, or "
+        raise UserError(f"could not load the GPT-2 {where} '{name_or_path}' ({type(e).__name__}); offline, {cache}"
+                        "pass a local folder saved by transformers' GPT2LMHeadModel.save_pretrained") from None
 
 
 def load_model(init_from: str, out_dir: str, checkpoint: str, device: str) -> tuple[GPT, Tokenizer]:

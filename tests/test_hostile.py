@@ -553,3 +553,21 @@ def test_bench_comparison_refuses_a_train_py_it_cannot_read(train_py, fragment, 
     (tmp_path / "train.py").write_text(train_py + "\n")
     with pytest.raises(UserError, match=re.escape(fragment)):
         bench.run_quick_start("nanogpt", [], tmp_path, tmp_path / "out", 0, tmp_path / "val.bin")
+
+
+@pytest.mark.parametrize("offline", ["", "1"])
+def test_hub_load_failure_says_how_to_use_the_cache(monkeypatch, offline):
+    """A GPT-2 name that cannot be fetched (no network: ~30 s of the hub client's retries) says how to
+    take it from the Hugging Face cache at once, unless HF_HUB_OFFLINE already says so."""
+    from kazgpt import checkpoint
+    from model import GPT
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(GPT, "from_pretrained", unreachable)
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    with pytest.raises(UserError) as refused:
+        checkpoint.load_pretrained("gpt2")
+    assert "could not load the GPT-2 model 'gpt2' (OSError)" in str(refused.value)
+    assert ("set HF_HUB_OFFLINE=1" in str(refused.value)) == (offline == "")
