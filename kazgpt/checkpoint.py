@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kazgpt.cli import UserError, hub_warnings_held_back
+from kazgpt.cli import UserError, hub_cache_hint, hub_warnings_held_back
 from kazgpt.files import commit, remove_stale_temporaries, temporary_name
 from kazgpt.tokenizer import Tokenizer, TiktokenTokenizer, tokenizer_from_spec
 from model import GPT, GPTConfig
@@ -109,9 +109,7 @@ def load_pretrained(name_or_path: str, dropout: float = 0.0) -> GPT:
         raise UserError(f"'{name_or_path}' cannot be used: {e}") from None
     except Exception as e:  # the hub cannot be reached, or the folder holds no transformers model
         where = "folder" if Path(name_or_path).exists() else "model"
-        offline_already = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-        cache = "" if where == "folder" or offline_already else \
-            "set HF_HUB_OFFLINE=1 to take it from the Hugging Face cache without retrying the hub, or "
+        cache = "" if where == "folder" else hub_cache_hint()
         raise UserError(f"could not load the GPT-2 {where} '{name_or_path}' ({type(e).__name__}); offline, {cache}"
                         "pass a local folder saved by transformers' GPT2LMHeadModel.save_pretrained") from None
 

@@ -25,6 +25,14 @@ def check_seed(seed: int) -> None:
         raise UserError(f"seed must be a whole number from 0 to 2**{SEED_BITS}, got {seed}")
 
 
+def hub_cache_hint() -> str:
+    """For the message of a hub load that failed: how to take it from the Hugging Face cache at once
+    (an unreachable hub is retried for ~30 s first), or nothing where HF_HUB_OFFLINE already says so."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return ""
+    return "set HF_HUB_OFFLINE=1 to take it from the Hugging Face cache without retrying the hub, or "
+
+
 @contextlib.contextmanager
 def hub_warnings_held_back() -> Iterator[None]:
     """The Hugging Face hub client's warnings (one per failed request, and one per retry) held back

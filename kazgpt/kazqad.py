@@ -19,7 +19,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from kazgpt.cli import ArgumentParser, UserError, hub_warnings_held_back, not_a_file
+from kazgpt.cli import ArgumentParser, UserError, hub_cache_hint, hub_warnings_held_back, not_a_file
 
 KAZQAD_HUB_ID = ("issai/kazqad", "kazqad")
 NQ_TRANSLATE_HUB_ID = ("issai/kazqad", "nq-translate-kk")  # ~61k machine-translated triples, same schema
@@ -228,7 +228,7 @@ def _download_kazqad(hub_id: tuple[str, str]) -> dict[str, list[dict]]:
         local = ("--source=PATH (KazQAD JSON Lines file or folder, or a .txt file) "
                  f"or set {KAZQAD_SOURCE_ENV}=PATH") if hub_id == KAZQAD_HUB_ID else "--nq_source=PATH (JSON Lines)"
         raise UserError(f"could not load {'/'.join(hub_id)} from the Hugging Face hub ({type(e).__name__}); "
-                        f"offline, pass a local copy: {local}") from None
+                        f"offline, {hub_cache_hint()}pass a local copy: {local}") from None
     return {SPLIT_NAMES.get(name, name): list(split) for name, split in ds.items()}
 
 

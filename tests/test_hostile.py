@@ -557,8 +557,8 @@ def test_bench_comparison_refuses_a_train_py_it_cannot_read(train_py, fragment, 
 
 @pytest.mark.parametrize("offline", ["", "1"])
 def test_hub_load_failure_says_how_to_use_the_cache(monkeypatch, offline):
-    """A GPT-2 name that cannot be fetched (no network: ~30 s of the hub client's retries) says how to
-    take it from the Hugging Face cache at once, unless HF_HUB_OFFLINE already says so."""
+    """GPT-2 weights or KazQAD that the hub cannot serve (no network: ~30 s of the hub client's
+    retries) say how to take them from the Hugging Face cache at once, unless HF_HUB_OFFLINE says so."""
     from kazgpt import checkpoint
     from model import GPT
 
@@ -570,4 +570,11 @@ def test_hub_load_failure_says_how_to_use_the_cache(monkeypatch, offline):
     with pytest.raises(UserError) as refused:
         checkpoint.load_pretrained("gpt2")
     assert "could not load the GPT-2 model 'gpt2' (OSError)" in str(refused.value)
+    assert ("set HF_HUB_OFFLINE=1" in str(refused.value)) == (offline == "")
+    from kazgpt import kazqad
+
+    monkeypatch.setattr("datasets.load_dataset", unreachable)
+    with pytest.raises(UserError) as refused:
+        kazqad.read_kazqad_examples(None)  # no --source, no $KAZQAD_SOURCE: the hub
+    assert "could not load issai/kazqad" in str(refused.value)
     assert ("set HF_HUB_OFFLINE=1" in str(refused.value)) == (offline == "")
