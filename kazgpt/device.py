@@ -76,7 +76,7 @@ def resolve_dtype(requested: Optional[str], device: str, training: bool = False)
     return requested
 
 
-def resumed_dtype(trained_in, picked: str, device: str) -> str:
+def resumed_dtype(trained_in: object, picked: str, device: str) -> str:
     """The dtype of a resumed run not given --dtype: the one its checkpoint was trained in, where this
     device runs it, so that a timing (cpu_bf16_speedup) cannot switch a run's precision when it
     resumes; else `picked`, the default for this device (also for checkpoints that do not say)."""

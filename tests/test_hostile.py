@@ -559,7 +559,7 @@ def test_bench_comparison_refuses_a_train_py_it_cannot_read(train_py, fragment, 
 def test_hub_load_failure_says_how_to_use_the_cache(monkeypatch, offline):
     """GPT-2 weights or KazQAD that the hub cannot serve (no network: ~30 s of the hub client's
     retries) say how to take them from the Hugging Face cache at once, unless HF_HUB_OFFLINE says so."""
-    from kazgpt import checkpoint
+    from kazgpt import checkpoint, kazqad
     from model import GPT
 
     def unreachable(*args, **kwargs):
@@ -571,8 +571,6 @@ def test_hub_load_failure_says_how_to_use_the_cache(monkeypatch, offline):
         checkpoint.load_pretrained("gpt2")
     assert "could not load the GPT-2 model 'gpt2' (OSError)" in str(refused.value)
     assert ("set HF_HUB_OFFLINE=1" in str(refused.value)) == (offline == "")
-    from kazgpt import kazqad
-
     monkeypatch.setattr("datasets.load_dataset", unreachable)
     with pytest.raises(UserError) as refused:
         kazqad.read_kazqad_examples(None)  # no --source, no $KAZQAD_SOURCE: the hub
