@@ -247,7 +247,7 @@ def dtype_once_loaded(cfg: TrainConfig, picked: str, checkpoint: Optional[dict],
     if checkpoint is None or cfg.dtype is not None:
         return picked
     trained_in, dtype = checkpoint.get("dtype"), resumed_dtype(checkpoint.get("dtype"), picked, device)
-    if trained_in not in (None, dtype):
+    if trained_in in ("float32", "bfloat16", "float16") and trained_in != dtype:  # a damaged value: no note
         print0(f"note: the checkpoint was trained in {trained_in}, which {device} does not run: training in "
                f"{dtype} (per-step losses will not match an uninterrupted run)")
     return dtype
