@@ -46,7 +46,7 @@ from kazgpt.checkpoint import (GPT2_NAMES, find_checkpoint, is_pretrained_name, 
 from kazgpt.cli import UserError, check_seed, closest, is_rank0, print0, run_main
 from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch, load_dataset_meta, open_token_files,
                             training_batches)
-from kazgpt.device import (autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
+from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, resumed_dtype)
 from kazgpt.files import SetAside, put_back_interrupted_replacement
 from kazgpt.optim import (LR_SCHEDULES, OPTIMIZERS, build_optimizers, lr_multiplier, newton_schulz_dtype, set_lr,
@@ -247,7 +247,7 @@ def dtype_once_loaded(cfg: TrainConfig, picked: str, checkpoint: Optional[dict],
     if checkpoint is None or cfg.dtype is not None:
         return picked
     trained_in, dtype = checkpoint.get("dtype"), resumed_dtype(checkpoint.get("dtype"), picked, device)
-    if trained_in in ("float32", "bfloat16", "float16") and trained_in != dtype:  # a damaged value: no note
+    if trained_in in tuple(DTYPES) and trained_in != dtype:  # a damaged value: no note
         print0(f"note: the checkpoint was trained in {trained_in}, which {device} does not run: training in "
                f"{dtype} (per-step losses will not match an uninterrupted run)")
     return dtype
