@@ -6,11 +6,12 @@ Benchmarks: training and sampling speed for named model sizes, on this machine's
     python bench.py --compare_nanogpt=../nanoGPT --data_dir=/tmp/passages   # quick start side by side with nanoGPT
     python bench.py --models= --retrieval=../shared/kazqad                 # BM25 analyzers on every KazQAD question
 
-Training rows: ms per iteration (forward, backward, clip, AdamW step, batch loading), tokens/s,
+Training rows: ms per iteration (forward, backward, clip, optimizer step, batch loading), tokens/s,
 MFU against the device's peak (data-sheet bf16 figures for A100/H100/H200, otherwise a measured
-large matmul) and the share of each iteration spent getting the batch. Sampling rows: prefill
-tokens/s, per-token decode with the KV cache, and 500 new tokens with the cache against full
-recomputation (block 256, so the window slides), with the ratio. Retrieval rows: recall@1,
+large matmul), the share of each iteration spent getting the batch, and the clip and optimizer
+step alone (ms and share of the iteration; --optimizer=muon against --optimizer=adamw gives
+Muon's cost). Sampling rows: prefill tokens/s, per-token decode with the KV cache, and 500 new
+tokens with the cache against full recomputation (block 256, so the window slides), with the ratio. Retrieval rows: recall@1,
 recall@5 and MRR@10 of every question's own passage among every passage of a KazQAD source, for
 the shipped analyzer and for it without stemming, without stop words, and with other stem lengths,
 with index build time and questions per second. The nanoGPT comparison: both quick starts one
@@ -87,7 +88,7 @@ def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool,
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
     autocast = autocast_context(device, dtype)
     warmup = 3
-    step_times, batch_times = [], []
+    step_times, batch_times, optimizer_times = [], [], []
     for it in range(warmup + iters):
         synchronize(device)
         t0 = time.perf_counter()
@@ -97,16 +98,22 @@ def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool,
         with autocast:
             _, loss = step_model(x, y)
         scaler.scale(loss).backward()
+        synchronize(device)
+        t2 = time.perf_counter()
         step_optimizers(optimizers, scaler, model.parameters(), 1.0)
         loss.item()
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         if it >= warmup:
-            step_times.append(t2 - t0)
+            step_times.append(t3 - t0)
             batch_times.append(t1 - t0)
+            optimizer_times.append(t3 - t2)
     ms = statistics.median(step_times) * 1000
     tokens_per_s = spec.batch_size * spec.block_size / (ms / 1000)
     return {"params_M": model.num_params() / 1e6, "ms_per_iter": ms, "tokens_per_s": tokens_per_s,
-            "flops_per_s": model.flops_per_token() * tokens_per_s, "batch_share": sum(batch_times) / sum(step_times)}
+            "flops_per_s": model.flops_per_token() * tokens_per_s, "batch_share": sum(batch_times) / sum(step_times),
+            # clipping and the optimizer step: how much of the iteration the optimizer recipe costs
+            "optimizer_ms": statistics.median(optimizer_times) * 1000,
+            "optimizer_share": sum(optimizer_times) / sum(step_times)}
 
 
 @torch.no_grad()
@@ -399,11 +406,12 @@ def run_tables(names: list[str], args, device: str, train_dtype: str, sample_dty
     peak = device_peak_flops(device, train_dtype)
     info["peak_tflops"] = peak / 1e12
     print(f"\n{'training':12s} {'params':>8s} {'ms/iter':>9s} {'tokens/s':>10s} {'MFU':>7s} {'batch share':>12s}"
-          f"   peak {peak / 1e12:.2f} TFLOP/s")
+          f" {'optimizer ms':>13s} {'share':>6s}   peak {peak / 1e12:.2f} TFLOP/s")
     for name, r in results["training"].items():
         r["mfu"] = r["flops_per_s"] / peak
         print(f"{name:12s} {r['params_M']:7.2f}M {r['ms_per_iter']:9.2f} {r['tokens_per_s']:10,.0f} "
-              f"{r['mfu'] * 100:6.1f}% {r['batch_share'] * 100:11.2f}%")
+              f"{r['mfu'] * 100:6.1f}% {r['batch_share'] * 100:11.2f}% {r['optimizer_ms']:13.2f} "
+              f"{r['optimizer_share'] * 100:5.1f}%")
     print(f"\n{'sampling':12s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'500 cached':>11s} "
           f"{'500 recompute':>14s} {'ratio':>6s} {'same tokens':>12s}")
     for name in names:

@@ -254,7 +254,7 @@ def check_throughput(c: Checker) -> dict:
               f"--optimizer={optimizer}", f"--json={path}")
         bench = json.loads(path.read_text())
         training, sampling = bench["training"][models], bench["sampling"][models]
-        result[optimizer] = {**{k: training[k] for k in ("ms_per_iter", "tokens_per_s", "mfu")},
+        result[optimizer] = {**{k: training[k] for k in ("ms_per_iter", "tokens_per_s", "mfu", "optimizer_share")},
                              **{k: sampling[k] for k in ("decode_tokens_per_s", "kv_speedup", "same_tokens")}}
         result["peak_tflops"], result["device_name"] = bench["info"]["peak_tflops"], bench["info"]["device_name"]
         result.setdefault("bench", {})[optimizer] = bench
