@@ -8,16 +8,16 @@ Benchmarks: training and sampling speed for named model sizes, on this machine's
 
 Training rows: ms per iteration (forward, backward, clip, optimizer step, batch loading), tokens/s,
 MFU against the device's peak (data-sheet bf16 figures for A100/H100/H200, otherwise a measured
-large matmul), the share of each iteration spent getting the batch, and the clip and optimizer
-step alone (ms and share of the iteration; --optimizer=muon against --optimizer=adamw gives
-Muon's cost). Sampling rows: prefill tokens/s, per-token decode with the KV cache, and 500 new
-tokens with the cache against full recomputation (block 256, so the window slides), with the ratio. Retrieval rows: recall@1,
-recall@5 and MRR@10 of every question's own passage among every passage of a KazQAD source, for
-the shipped analyzer and for it without stemming, without stop words, and with other stem lengths,
-with index build time and questions per second. The nanoGPT comparison: both quick starts one
-after the other (wall, training time, whole-val loss curve, time to nanoGPT's final loss), then
-the cost of one training step of each, forward and backward apart from the optimizer, with the
-two repos' steps taking turns so that a machine whose speed drifts slows both alike.
+large matmul), the share of each iteration spent getting the batch, and the clip and optimizer step
+alone (ms and share of the iteration; --optimizer=muon against --optimizer=adamw gives Muon's
+cost). Sampling rows: prefill tokens/s, per-token decode with the KV cache, and 500 new tokens with
+the cache against full recomputation (block 256, so the window slides), with the ratio. Retrieval
+rows: recall@1, recall@5 and MRR@10 of every question's own passage among every passage of a KazQAD
+source, for the shipped analyzer and for it without stemming, without stop words, and with other
+stem lengths, with index build time and questions per second. The nanoGPT comparison: both quick
+starts one after the other (wall, training time, whole-val loss curve, time to nanoGPT's final
+loss), then the cost of one training step of each, forward and backward apart from the optimizer,
+with the two repos' steps taking turns so that a machine whose speed drifts slows both alike.
 """
 from __future__ import annotations
 
