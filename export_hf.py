@@ -118,8 +118,8 @@ def main() -> None:
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     folder = Path(cfg.export_dir)
-    if folder.is_file() or (folder.exists() and any(folder.iterdir())):
-        raise UserError(f"{folder} exists and is not {'a folder' if folder.is_file() else 'empty'}: "
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):  # a file, device or pipe too
+        raise UserError(f"{folder} exists and is not {'empty' if folder.is_dir() else 'a folder'}: "
                         "choose a new --export_dir")
     if not folder.parent.is_dir():
         raise UserError(f"the folder {folder.parent} (for --export_dir) does not exist: create it first")

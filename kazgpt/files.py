@@ -130,7 +130,10 @@ def write_files_atomically(folder: Path, contents: dict[str, Union[bytes, str]],
 
 def check_output(path: Path, made_here: Callable[[Path], bool], what: str) -> None:
     """Refuse an output path that is a folder, or an existing file that this script did not make
-    (made_here tells), before any work is done."""
+    (made_here tells), before any work is done. A device or a pipe is refused unread: made_here
+    would read /dev/zero forever, or wait on a pipe."""
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise UserError(f"{path} is not a regular file (a device, pipe or socket): name a file for the {what}")
     if path.is_dir() and not made_here(path):
         raise UserError(f"{path} is a folder: name a file for the {what}")
     if path.exists() and not path.is_dir() and not made_here(path):

@@ -4,8 +4,10 @@ environment set wrong, wandb that cannot start, log files with foreign lines, ba
 Each case: exit code 2, exactly one 'error:' line, no traceback, nothing that existed changed."""
 import errno
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,15 +200,17 @@ def test_bench_refuses_runs_that_would_replace_results_with_less(args, fragment,
 def test_export_refusals_leave_nothing(trained, tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    assert_one_line_error(run("export_hf.py", f"--out_dir={trained / 'out'}", f"--export_dir={target}", check=False),
-                          "is not a folder")
+    os.mkfifo(tmp_path / "pipe")
+    for not_a_folder in (target, tmp_path / "pipe", "/dev/zero"):
+        assert_one_line_error(run("export_hf.py", f"--out_dir={trained / 'out'}", f"--export_dir={not_a_folder}",
+                                  check=False), f"{not_a_folder} exists and is not a folder")
     assert_one_line_error(run("export_hf.py", f"--out_dir={trained / 'out'}",
                               f"--export_dir={tmp_path / 'a' / 'b'}", check=False), "does not exist")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "pipe"]
     # the newer architecture (rotary positions, ReLU squared, QK-norm) has no transformers GPT-2 to go into
     assert_one_line_error(run("export_hf.py", f"--out_dir={trained / 'out'}", f"--export_dir={tmp_path / 'hf'}",
                               check=False), "transformers' GPT-2 cannot hold", "--position_encoding=learned")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "pipe"]
 
 
 def test_eval_qa_output_not_its_own(trained, tmp_path):
@@ -536,6 +540,32 @@ def test_inputs_that_are_no_regular_file(script, args, fragment, tmp_path):
     proc = run(script, *args, *out, check=False, timeout=120)
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_an_output_that_is_no_regular_file_is_refused_unread(special, tmp_path):
+    """Whether an earlier run wrote an output path is learnt by reading it: /dev/zero never ends and a
+    pipe waits for a writer, so such a path is refused by what it is before anything reads it."""
+    from kazgpt.files import check_output
+    path = tmp_path / special if special == "fifo" else Path(special)
+    if special == "fifo":
+        os.mkfifo(path)
+
+    def must_not_read(p):
+        raise AssertionError(f"{p} was read")
+
+    with pytest.raises(UserError, match="is not a regular file"):
+        check_output(path, must_not_read, "results")
+
+
+@pytest.mark.parametrize("script", ["bench.py", "eval_qa.py"])
+def test_scripts_refuse_a_pipe_for_their_results(script, trained, tmp_path):
+    fifo = tmp_path / "results"
+    os.mkfifo(fifo)
+    args = (["--models=quickstart", f"--json={fifo}"] if script == "bench.py" else
+            [f"--out_dir={trained / 'out'}", "--device=cpu", f"--output={fifo}",
+             f"--source={write_jsonl(tmp_path / 'k.jsonl', make_examples(2))}"])
+    assert_one_line_error(run(script, *args, check=False, timeout=60), f"{fifo} is not a regular file")
 
 
 @pytest.mark.parametrize("train_py, fragment", [
