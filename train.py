@@ -49,8 +49,8 @@ from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, resumed_dtype)
 from kazgpt.files import SetAside, put_back_interrupted_replacement
-from kazgpt.optim import (LR_SCHEDULES, OPTIMIZERS, build_optimizers, lr_multiplier, newton_schulz_dtype, set_lr,
-                          step_optimizers)
+from kazgpt.optim import (LR_SCHEDULES, OPTIMIZERS, build_optimizers, check_loaded_state, lr_multiplier,
+                          newton_schulz_dtype, set_lr, step_optimizers)
 from model import GPT, GPTConfig
 
 
@@ -422,6 +422,10 @@ def optimizer_name(cfg: TrainConfig, resuming: bool, made_with: Optional[str]) -
     """The optimizer recipe of this run: on resume the checkpoint's; else the one asked for, or the
     one the weights were trained with (GPT-2's: adamw; weights pretrained with AdamW are reported to
     finetune worse under Muon), or muon from scratch."""
+    if (resuming or cfg.optimizer is None) and made_with is not None and made_with not in OPTIMIZERS:
+        raise UserError(f"the checkpoint records its optimizer as {repr(made_with)[:40]}, neither "
+                        f"{' nor '.join(OPTIMIZERS)}: it is damaged; its weights can still start a new run with "
+                        "--init_from=<the checkpoint file>, --optimizer=muon (or adamw) and a new --out_dir")
     if resuming and cfg.optimizer not in (None, made_with):
         raise UserError(f"the checkpoint was trained with {made_with}: resume with --optimizer={made_with}, "
                         "or leave --optimizer out")
@@ -439,6 +443,7 @@ def load_training_state(checkpoint: dict, optimizers: list, scaler, rank: int) -
         for optimizer, state in zip(optimizers, states):
             base_lrs = [group["base_lr"] for group in optimizer.param_groups]
             optimizer.load_state_dict(state)
+            check_loaded_state(optimizer)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["base_lr"] = base_lr
         if checkpoint.get("scaler"):

@@ -460,26 +460,48 @@ def test_token_ids_beyond_the_vocabulary(trained, tmp_path):
     assert snapshot(data) == before
 
 
-@pytest.mark.parametrize("damage", ["no_optimizer", "optimizer_of_another_model", "iter_num_text"])
-def test_resume_from_a_damaged_training_state(trained, tmp_path, damage):
-    import shutil
+def damage_training_state(ckpt: dict, damage: str) -> None:
+    import torch
 
+    first = next(iter(ckpt["muon"]["state"]))  # a block matrix's state (the fixture trains with Muon)
+    if damage == "no_optimizer":
+        del ckpt["optimizer"]
+    elif damage == "optimizer_of_another_model":
+        ckpt["optimizer"]["param_groups"][0]["params"].append(999)  # one parameter more than this model's group
+    elif damage == "iter_num_text":
+        ckpt["iter_num"] = "many"
+    elif damage == "muon_buffer_of_another_shape":  # a traceback mid-step, before the check
+        ckpt["muon"]["state"][first]["momentum_buffer"] = torch.zeros(3, 3)
+    elif damage == "muon_buffer_text":
+        ckpt["muon"]["state"][first]["momentum_buffer"] = "x"
+    elif damage == "adamw_moment_of_another_shape":  # the fused AdamW kernel's process died, before the check
+        state = ckpt["optimizer"]["state"]
+        state[next(iter(state))]["exp_avg"] = torch.zeros(3, 3)
+    else:  # an optimizer no recipe has: it trained on as Muon and wrote the name back, before the check
+        ckpt["optimizer_name"] = damage.removeprefix("optimizer_name_")
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("no_optimizer", "training state does not load"),
+    ("optimizer_of_another_model", "training state does not load"),
+    ("iter_num_text", "training state does not load"),
+    ("muon_buffer_of_another_shape", "momentum_buffer of a (96, 32) parameter has shape (3, 3)"),
+    ("muon_buffer_text", "momentum_buffer of a (96, 32) parameter is a str"),
+    ("adamw_moment_of_another_shape", "exp_avg of a"),
+    ("optimizer_name_adam", "records its optimizer as 'adam', neither adamw nor muon"),
+])
+def test_resume_from_a_damaged_training_state(trained, tmp_path, damage, fragment):
     import torch
 
     out = tmp_path / "out"
     shutil.copytree(trained / "out", out)
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    if damage == "no_optimizer":
-        del ckpt["optimizer"]
-    elif damage == "optimizer_of_another_model":
-        ckpt["optimizer"]["param_groups"][0]["params"].append(999)  # one parameter more than this model's group
-    else:
-        ckpt["iter_num"] = "many"
+    damage_training_state(ckpt, damage)
     torch.save(ckpt, out / "ckpt.pt")
     before = snapshot(out)
     proc = run("train.py", f"--data_dir={trained / 'data'}", f"--out_dir={out}", *TINY_MODEL, "--max_iters=4",
-               "--init_from=resume", check=False)
-    assert_one_line_error(proc, "training state does not load", "--init_from=<the checkpoint file>")
+               "--init_from=resume", check=False, timeout=120)
+    assert_one_line_error(proc, fragment, "--init_from=<the checkpoint file>")
     assert snapshot(out) == before
 
 
