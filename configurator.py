@@ -11,7 +11,8 @@ full rights of the user who starts the script, as nanoGPT's do: only run config 
 
 Strict: an unknown key is an error naming the closest known one, and a value of the wrong type is
 an error. An int is fine where a float is expected, true/false (any case) where a bool is, and
-None where the key may be None. A bare `--flag` sets a bool key to True. `--help` (or `-h`)
+None where the key may be None; an int past 64 bits, or past a float's range where a float is
+expected, is refused (no run can hold it). A bare `--flag` sets a bool key to True. `--help` (or `-h`)
 prints the script's description and every key with its default, and exits.
 """
 from __future__ import annotations
@@ -43,6 +44,36 @@ def _type_name(allowed: set[type], nullable: bool) -> str:
     return " or ".join(sorted(t.__name__ for t in allowed) + (["None"] if nullable else []))
 
 
+# torch and numpy hold integers in 64 bits: no count, size or seed goes beyond that
+INT_LIMIT = 2**63 - 1
+
+
+def _shown(value: Any) -> str:
+    """The value as an error line shows it: its repr, cut short (Python gives no repr of an int of
+    more than 4300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _checked_int(key: str, value: int, source: str) -> int:
+    if abs(value) > INT_LIMIT:
+        raise UserError(f"{key} must be at most {INT_LIMIT:,} in size, got {_shown(value)} from {source}")
+    return value
+
+
+def _as_float(key: str, value: int | float, source: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int past float's range
+        raise UserError(f"{key} is too large for a float (at most about 1.8e308), got {_shown(value)} "
+                        f"from {source}") from None
+
+
 def coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     """The value converted to the field's type, or a UserError saying what was expected."""
     allowed, nullable = _allowed_types(annotation)
@@ -55,12 +86,12 @@ def coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
     elif int in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return _checked_int(key, value, source)
     elif float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _as_float(key, value, source)
     elif str in allowed and isinstance(value, str):
         return value
-    raise UserError(f"{key} must be {_type_name(allowed, nullable)}, got {value!r} ({type(value).__name__}) "
+    raise UserError(f"{key} must be {_type_name(allowed, nullable)}, got {_shown(value)} ({type(value).__name__}) "
                     f"from {source}")
 
 

@@ -119,3 +119,23 @@ def test_help_text_lists_every_key_once():
     for f in dataclasses.fields(Cfg):
         assert sum(line.startswith(f"  --{f.name}=") for line in lines) == 1, f.name
     assert "  --batch_size=12" in lines
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("batch_size = 10**5000", "batch_size must be at most 9,223,372,036,854,775,807 in size, got an integer of 16610 bits"),
+    ("batch_size = -2**63", "batch_size must be at most"),
+    ("learning_rate = 10**400", "learning_rate is too large for a float (at most about 1.8e308), got an integer of 1329"),
+    ("out_dir = 10**5000", "out_dir must be str, got an integer of 16610 bits (int)"),
+    ("out_dir = ['x'] * 1000", "out_dir must be str, got ['x', 'x', "),
+])
+def test_numbers_past_what_a_run_can_hold(tmp_path, text, fragment):
+    """Integers past 64 bits (Python has no text for one of over 4300 digits) and past a float's
+    range are refused by name, and a long value is shown cut short, in one line."""
+    f = tmp_path / "c.py"
+    f.write_text(text + "\n")
+    with pytest.raises(UserError) as refused:
+        load_config(Cfg, [str(f)], verbose=False)
+    assert fragment in str(refused.value) and len(str(refused.value)) < 300
+    assert load_config(Cfg, ["--batch_size=9223372036854775807"], verbose=False).batch_size == 2**63 - 1
+    with pytest.raises(UserError, match="learning_rate is too large for a float"):
+        load_config(Cfg, ["--learning_rate=1" + "0" * 400], verbose=False)

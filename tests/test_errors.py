@@ -126,10 +126,19 @@ def _shapes_differ():
     raise RuntimeError("shapes differ")
 
 
+def _model_larger_than_ram():
+    from model import GPT, GPTConfig
+
+    GPT(GPTConfig(n_layer=2**40, n_head=2, n_embd=32))  # refused before its first layer is built
+
+
 @pytest.mark.parametrize("allocate, size", [
     (lambda: torch.empty(2**46), "tried to allocate 281474976710656 bytes"),  # 256 TiB, the CPU allocator's error
+    (lambda: torch.empty(2**62, 4), "RuntimeError"),  # a byte count past 64 bits: 'Storage size calculation overflowed'
     (_numpy_too_large, "tried to allocate 512. TiB"),
     (_cuda_out_of_memory, "tried to allocate 20.00 GiB"),
+    # 12,704 weights a block (n_embd 32, 4x MLP, biases) x 2**40 blocks x 4 bytes, more than any machine's RAM
+    (_model_larger_than_ram, "tried to allocate 52,035,584.0 GiB"),
 ])
 def test_out_of_memory_is_one_line(allocate, size, capsys):
     """Every script's main runs under run_main: an allocation that fails (CPU, numpy, CUDA) is one
@@ -352,7 +361,8 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
         (["--top_p=1.5"], "top_p must be in (0, 1]"),
         (["--num_samples=0"], "num_samples must be at least 1"),
         (["--seed=-5"], "seed must be a whole number from 0 to 2**62"),
-        (["--seed=99999999999999999999999"], "seed must be a whole number from 0 to 2**62"),
+        (["--seed=4611686018427387905"], "seed must be a whole number from 0 to 2**62"),  # 2**62 + 1
+        (["--seed=99999999999999999999999"], "seed must be at most 9,223,372,036,854,775,807 in size"),
         (["--init_from=gpt3"], "init_from must be resume"),
     ],
 )
