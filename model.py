@@ -21,6 +21,7 @@ policy by recomputing, and is the reference that the cached path is tested again
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Iterator, Optional
 
@@ -81,6 +82,17 @@ class GPTConfig:
     @property
     def mlp_hidden(self) -> int:
         return round(self.mlp_ratio * self.n_embd)
+
+    @property
+    def num_weights(self) -> int:
+        """The parameters of the model this config gives (the token embedding counted once: it is
+        the output layer too), known before any is allocated."""
+        n, h, bias = self.n_embd, self.mlp_hidden, int(self.bias)
+        block = (2 * n * (1 + bias)  # ln_1, ln_2
+                 + n * 3 * n + 3 * n * bias + n * n + n * bias  # attention: c_attn, c_proj
+                 + n * h + h * bias + h * n + n * bias)  # MLP: c_fc, c_proj
+        positions = self.block_size * n if self.position_encoding == "learned" else 0
+        return self.vocab_size * n + positions + self.n_layer * block + n * (1 + bias)
 
 
 class KVCache:
@@ -260,9 +272,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def physical_memory() -> Optional[int]:
+    """This machine's RAM in bytes, where the system says (Linux, macOS), else None."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
+        # built in CPU memory first (then moved): a model whose float32 weights alone exceed it would
+        # only be found out after minutes of building layers one by one, or by the kernel's OOM killer
+        needed, ram = 4 * config.num_weights, physical_memory()
+        if ram is not None and needed > ram:
+            raise MemoryError(f"tried to allocate {needed / 2**30:,.1f} GiB for the weights of "
+                              f"{config.num_weights:,} parameters, more than this machine's {ram / 2**30:,.1f} GiB")
         self.config = config
         learned_positions = config.position_encoding == "learned"
         self.transformer = nn.ModuleDict(dict(

@@ -48,8 +48,9 @@ def hub_warnings_held_back() -> Iterator[None]:
         logger.setLevel(level)
 
 
-# how PyTorch and numpy say that an allocation failed: CPU, CUDA (torch.OutOfMemoryError), MPS
-OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "Unable to allocate")
+# how PyTorch and numpy say that an allocation failed: CPU, CUDA (torch.OutOfMemoryError), MPS, and a
+# tensor whose byte count does not fit in 64 bits
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "Unable to allocate", "Storage size calculation overflowed")
 
 
 def out_of_memory(e: BaseException) -> Optional[str]:

@@ -149,6 +149,14 @@ def test_mlp_width():
             GPTConfig(n_embd=32, n_head=2, mlp_ratio=ratio)
 
 
+@pytest.mark.parametrize("bias, position_encoding, mlp_ratio", [
+    (True, "learned", 4), (False, "rope", 2), (True, "rope", 1.5), (False, "learned", 1)])
+def test_num_weights_is_the_built_models_count(bias, position_encoding, mlp_ratio):
+    config = GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, bias=bias,
+                       position_encoding=position_encoding, mlp_ratio=mlp_ratio)
+    assert config.num_weights == GPT(config).num_params(non_embedding=False)
+
+
 def test_sample_next_token_filters():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]]).repeat(500, 1)
     gen = torch.Generator().manual_seed(0)
