@@ -122,9 +122,11 @@ def test_help_text_lists_every_key_once():
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("batch_size = 10**5000", "batch_size must be at most 9,223,372,036,854,775,807 in size, got an integer of 16610 bits"),
+    ("batch_size = 10**5000", "batch_size must be at most 9,223,372,036,854,775,807 in size, got an integer of "
+                              "16610 bits"),
     ("batch_size = -2**63", "batch_size must be at most"),
-    ("learning_rate = 10**400", "learning_rate is too large for a float (at most about 1.8e308), got an integer of 1329"),
+    ("learning_rate = 10**400", "learning_rate is too large for a float (at most about 1.8e308), got an integer "
+                                "of 1329"),
     ("out_dir = 10**5000", "out_dir must be str, got an integer of 16610 bits (int)"),
     ("out_dir = ['x'] * 1000", "out_dir must be str, got ['x', 'x', "),
 ])

@@ -375,9 +375,14 @@ def test_a_replacement_that_cannot_set_the_files_aside_leaves_them(tmp_path, mon
     assert {p.name: p.read_text() for p in folder.iterdir()} == {"ckpt.pt": "ckpt.pt", "log.jsonl": "log.jsonl"}
 
 
-@pytest.mark.parametrize("seed", ["-1", str(2**62), "1" * 30])
-def test_seed_out_of_range(trained, seed):
-    assert_one_line_error(train(trained, f"--seed={seed}"), "seed must be a whole number from 0")
+@pytest.mark.parametrize("seed, fragment", [
+    ("-1", "seed must be a whole number from 0"),
+    (str(2**62), "seed must be a whole number from 0"),
+    (str(2**63 - 1), "seed must be a whole number from 0"),
+    ("1" * 30, "seed must be at most 9,223,372,036,854,775,807 in size"),  # past 64 bits: the configurator's line
+])
+def test_seed_out_of_range(trained, seed, fragment):
+    assert_one_line_error(train(trained, f"--seed={seed}"), fragment)
 
 
 # ---- source rows of the wrong type or shape ----
