@@ -64,13 +64,16 @@ def out_of_memory(e: BaseException) -> Optional[str]:
     return f"tried to allocate {size.group(1)}" if size else type(e).__name__
 
 
+LINE_BREAK = re.compile(r"\s*\n\s*")
+
+
 def run_main(main: Callable[[], Any], memory_hint: str = "free some memory, or ask for less (see --help)") -> None:
     """Run a script's main(): a UserError becomes one clear line and exit code 2, no traceback; so
     does running out of memory, with memory_hint saying what to lower."""
     try:
         code = main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    except UserError as e:  # one line, even where it quotes another library's several-line message
+        print(f"error: {LINE_BREAK.sub(' ', str(e).strip())}", file=sys.stderr, flush=True)
         sys.exit(2)
     except (MemoryError, RuntimeError) as e:
         failed = out_of_memory(e)

@@ -153,6 +153,22 @@ def test_out_of_memory_is_one_line(allocate, size, capsys):
         run_main(_shapes_differ)
 
 
+def test_an_error_quoting_a_several_line_message_stays_one_line(capsys):
+    """A UserError that quotes another library's exception (wandb's settings error is several lines)
+    is still printed as one line."""
+    from kazgpt.cli import run_main
+
+    def fails():
+        raise UserError("wandb could not start (ValidationError: 1 validation error for Settings\nmode\n  Input "
+                        "should be 'online'): run `wandb login`\n")
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(fails)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("error: wandb could not start (ValidationError: 1 validation error for "
+                                       "Settings mode Input should be 'online'): run `wandb login`\n")
+
+
 def test_accumulation_not_divisible_by_world_size(trained):
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
     proc = train(trained, "--gradient_accumulation_steps=3", env=env)
