@@ -27,7 +27,7 @@ import typing
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from kazgpt.cli import UserError, closest, not_a_file, print0
+from kazgpt.cli import UserError, closest, not_a_file, print0, shown
 
 Config = TypeVar("Config")
 
@@ -48,21 +48,9 @@ def _type_name(allowed: set[type], nullable: bool) -> str:
 INT_LIMIT = 2**63 - 1
 
 
-def _shown(value: Any) -> str:
-    """The value as an error line shows it: its repr, cut short (Python gives no repr of an int of
-    more than 4300 digits)."""
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"
-    try:
-        text = repr(value)
-    except Exception:
-        return f"a {type(value).__name__}"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _checked_int(key: str, value: int, source: str) -> int:
     if abs(value) > INT_LIMIT:
-        raise UserError(f"{key} must be at most {INT_LIMIT:,} in size, got {_shown(value)} from {source}")
+        raise UserError(f"{key} must be at most {INT_LIMIT:,} in size, got {shown(value)} from {source}")
     return value
 
 
@@ -70,7 +58,7 @@ def _as_float(key: str, value: int | float, source: str) -> float:
     try:
         return float(value)
     except OverflowError:  # an int past float's range
-        raise UserError(f"{key} is too large for a float (at most about 1.8e308), got {_shown(value)} "
+        raise UserError(f"{key} is too large for a float (at most about 1.8e308), got {shown(value)} "
                         f"from {source}") from None
 
 
@@ -91,7 +79,7 @@ def coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
         return _as_float(key, value, source)
     elif str in allowed and isinstance(value, str):
         return value
-    raise UserError(f"{key} must be {_type_name(allowed, nullable)}, got {_shown(value)} ({type(value).__name__}) "
+    raise UserError(f"{key} must be {_type_name(allowed, nullable)}, got {shown(value)} ({type(value).__name__}) "
                     f"from {source}")
 
 

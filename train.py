@@ -43,7 +43,7 @@ import configurator
 from kazgpt.checkpoint import (GPT2_NAMES, find_checkpoint, is_pretrained_name, load_checkpoint, load_pretrained,
                                model_from_checkpoint, remove_stale_checkpoint_temporaries, rng_state, run_checkpoint,
                                save_checkpoint, set_rng_state)
-from kazgpt.cli import UserError, check_seed, closest, is_rank0, print0, run_main
+from kazgpt.cli import UserError, check_seed, closest, is_rank0, print0, run_main, shown
 from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch, load_dataset_meta, open_token_files,
                             training_batches)
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
@@ -423,7 +423,7 @@ def optimizer_name(cfg: TrainConfig, resuming: bool, made_with: Optional[str]) -
     one the weights were trained with (GPT-2's: adamw; weights pretrained with AdamW are reported to
     finetune worse under Muon), or muon from scratch."""
     if (resuming or cfg.optimizer is None) and made_with is not None and made_with not in OPTIMIZERS:
-        raise UserError(f"the checkpoint records its optimizer as {repr(made_with)[:40]}, neither "
+        raise UserError(f"the checkpoint records its optimizer as {shown(made_with)}, neither "
                         f"{' nor '.join(OPTIMIZERS)}: it is damaged; its weights can still start a new run with "
                         "--init_from=<the checkpoint file>, --optimizer=muon (or adamw) and a new --out_dir")
     if resuming and cfg.optimizer not in (None, made_with):

@@ -124,6 +124,18 @@ def not_a_file(path: Path, folder_ok: bool = False) -> Optional[str]:
     return "is not a regular file" if path.exists() else "does not exist"
 
 
+def shown(value: Any) -> str:
+    """A value as an error line shows it: its repr, cut short (Python gives no repr of an int of
+    more than 4300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def closest(name: str, known: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest known name, or '' when nothing is close."""
     match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
