@@ -138,6 +138,9 @@ def test_numbers_past_what_a_run_can_hold(tmp_path, text, fragment):
     with pytest.raises(UserError) as refused:
         load_config(Cfg, [str(f)], verbose=False)
     assert fragment in str(refused.value) and len(str(refused.value)) < 300
+
+
+def test_the_largest_int_is_taken_and_a_float_past_range_refused_on_the_command_line():
     assert load_config(Cfg, ["--batch_size=9223372036854775807"], verbose=False).batch_size == 2**63 - 1
     with pytest.raises(UserError, match="learning_rate is too large for a float"):
         load_config(Cfg, ["--learning_rate=1" + "0" * 400], verbose=False)
