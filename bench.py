@@ -40,15 +40,15 @@ import torch
 
 from configurator import read_config_file
 from kazgpt.checkpoint import model_from_checkpoint
-from kazgpt.cli import ArgumentParser, UserError, not_a_file, run_main
+from kazgpt.cli import ArgumentParser, UserError, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch, load_dataset_meta
-from kazgpt.files import check_output, write_files_atomically
+from kazgpt.files import write_text
 from kazgpt.kazqad import read_kazqad_examples
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype, synchronize)
 from kazgpt.optim import OPTIMIZERS, build_optimizers, newton_schulz_dtype, step_optimizers
-from model import (ARCHITECTURES, GPT, GPTConfig, KVCache, decode_one_token, generate_tokens, generate_without_cache,
-                   prefill)
+from kazgpt.engine import decode_one_token, generate_tokens, generate_without_cache, prefill
+from model import ARCHITECTURES, GPT, GPTConfig, KVCache
 
 
 @dataclass
@@ -195,7 +195,7 @@ def full_val_loss(state_dict: dict, model_args: dict, val_path: Path) -> float:
     # nanoGPT's checkpoints name only its own fields: the rest are GPTConfig's defaults (GPT-2's, exact GELU)
     args = {k: v for k, v in model_args.items() if k in GPTConfig.__dataclass_fields__}
     weights = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
-    model = model_from_checkpoint({"model_args": args, "model": weights}).eval()
+    model = model_from_checkpoint({"model_args": args, "model": weights}, val_path).eval()
     val = torch.from_numpy(np.fromfile(val_path, dtype=np.uint16).astype(np.int64))
     T = args["block_size"]
     n = (len(val) - 1) // T
@@ -466,34 +466,15 @@ def check_args(args, names: list[str]) -> None:
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         raise UserError(f"unknown model '{unknown[0]}': choose from {', '.join(MODELS)} (or --models= for none)")
-    if args.iters is not None and args.iters < 1:
-        raise UserError(f"--iters must be at least 1, got {args.iters}")
-    for flag in ("json", "compare_nanogpt", "data_dir", "retrieval"):
-        if getattr(args, flag) is not None and not getattr(args, flag).strip():
-            raise UserError(f"--{flag} is empty: give it a path, or leave it out")
-    if not (names or args.compare_nanogpt or args.retrieval):  # an empty run would replace earlier results
-        raise UserError(f"nothing to run: --models is empty; name models ({', '.join(MODELS)}), "
-                        "--compare_nanogpt or --retrieval")
-    if args.data_dir and not args.compare_nanogpt:
-        raise UserError("--data_dir is the data of --compare_nanogpt: give both, or leave --data_dir out")
-    check_output(Path(args.json), made_by_bench, "results (--json)")
-    problem = args.retrieval and not_a_file(Path(args.retrieval), folder_ok=True)
-    if problem:
-        raise UserError(f"--retrieval {args.retrieval} {problem}: pass a KazQAD JSON Lines file or folder")
     if args.compare_nanogpt:
-        nano = Path(args.compare_nanogpt)
-        missing = [f for f in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py")
-                   if not (nano / f).is_file()]
-        if missing:
-            raise UserError(f"--compare_nanogpt {nano} is not a nanoGPT checkout (no {missing[0]})")
-        data = Path(args.data_dir) if args.data_dir else None
-        if data is None or not all((data / f).is_file() for f in ("train.bin", "val.bin", "meta.json")):
-            raise UserError("--compare_nanogpt needs --data_dir: a folder prepared by data/qazdata_char/prepare.py "
-                            "(train.bin, val.bin, meta.json)")
-        load_dataset_meta(data, 64)  # a damaged meta.json is refused now, not after the tables
+        if not (Path(args.compare_nanogpt) / "train.py").is_file():
+            raise UserError(f"--compare_nanogpt {args.compare_nanogpt} is not a nanoGPT checkout (no train.py)")
+        if not args.data_dir:
+            raise UserError("--compare_nanogpt needs --data_dir: a folder prepared by data/qazdata_char/prepare.py")
+        load_dataset_meta(Path(args.data_dir), 64)  # an unprepared folder is refused now, not after the tables
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--models", default="quickstart,char", help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--device", default=None)
@@ -513,7 +494,7 @@ def main() -> None:
     parser.add_argument("--malloc", choices=("reuse", "glibc"), default="reuse",
                         help="on CPU: keep freed memory for the next step as train.py does (reuse), "
                         "or glibc's defaults")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     names = [m for m in args.models.split(",") if m]
     check_args(args, names)
     # read before the tables, which take minutes: a source that does not parse is refused at once
@@ -543,17 +524,8 @@ def main() -> None:
     if args.retrieval:
         results["retrieval"] = bench_retrieval(retrieval_examples, args.retrieval)
     out = Path(args.json)
-    write_files_atomically(out.parent, {out.name: json.dumps(results, indent=1)})
+    write_text(out, json.dumps(results, indent=1))
     print(f"\nwrote {out}")
-
-
-def made_by_bench(path: Path) -> bool:
-    """Whether a file holds results this script wrote (which it may replace)."""
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(results, dict) and isinstance(results.get("info"), dict) and "training" in results
 
 
 def _cpu_name() -> str:
@@ -569,4 +541,4 @@ def _cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

@@ -5,31 +5,40 @@ argument is applied in order, either a Python config file or `--key=value`:
     python train.py config/train_qazdata_char.py --batch_size=32 --compile=False
 
 A config file is plain Python; its top-level names are the overrides (names starting with '_',
-modules, functions and classes are ignored, so a file may import and compute). It runs with the
-full rights of the user who starts the script, as nanoGPT's do: only run config files you trust. Values given as
-`--key=value` are read as Python literals, except for text keys, which take the text as it is.
+modules, functions and classes are ignored). It runs with the full rights of the user, as
+nanoGPT's do: only run config files you trust. `--key=value` values are read as Python literals,
+except for text keys, which take the text as it is; a bare `--flag` sets a bool key to True.
 
-Strict: an unknown key is an error naming the closest known one, and a value of the wrong type is
-an error. An int is fine where a float is expected, true/false (any case) where a bool is, and
-None where the key may be None; an int past 64 bits, or past a float's range where a float is
-expected, is refused (no run can hold it). A bare `--flag` sets a bool key to True. `--help` (or `-h`)
-prints the script's description and every key with its default, and exits.
+Strict: an unknown key is an error naming the closest known one, a value of the wrong type is an
+error, and so is a value outside the bounds or choices that the dataclass declares beside the key
+with `setting(...)`. All three are checked here, once, for every script. `--help` prints the
+script's description and every key with its default.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import inspect
+import math
 import re
 import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, Sequence, TypeVar
 
-from kazgpt.cli import UserError, closest, not_a_file, print0, shown
+from kazgpt.cli import UserError, closest, print0
 
 Config = TypeVar("Config")
+
+
+def setting(default: Any, *, min: Optional[float] = None, max: Optional[float] = None,
+            above: Optional[float] = None, below: Optional[float] = None,
+            choices: Optional[Sequence[Any]] = None) -> Any:
+    """A config field with its bounds (min/max inclusive, above/below exclusive) or its choices."""
+    bounds = {k: v for k, v in dict(min=min, max=max, above=above, below=below, choices=choices).items()
+              if v is not None}
+    return dataclasses.field(default=default, metadata=bounds)
 
 
 def _allowed_types(annotation: Any) -> tuple[set[type], bool]:
@@ -40,47 +49,47 @@ def _allowed_types(annotation: Any) -> tuple[set[type], bool]:
     return {annotation}, False
 
 
-def _type_name(allowed: set[type], nullable: bool) -> str:
-    return " or ".join(sorted(t.__name__ for t in allowed) + (["None"] if nullable else []))
-
-
-# torch and numpy hold integers in 64 bits: no count, size or seed goes beyond that
-INT_LIMIT = 2**63 - 1
-
-
-def _checked_int(key: str, value: int, source: str) -> int:
-    if abs(value) > INT_LIMIT:
-        raise UserError(f"{key} must be at most {INT_LIMIT:,} in size, got {shown(value)} from {source}")
-    return value
-
-
-def _as_float(key: str, value: int | float, source: str) -> float:
-    try:
-        return float(value)
-    except OverflowError:  # an int past float's range
-        raise UserError(f"{key} is too large for a float (at most about 1.8e308), got {shown(value)} "
-                        f"from {source}") from None
-
-
 def coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     """The value converted to the field's type, or a UserError saying what was expected."""
     allowed, nullable = _allowed_types(annotation)
-    if value is None or (isinstance(value, str) and value == "None" and str not in allowed):
-        if nullable:
-            return None
-    elif bool in allowed:
-        if isinstance(value, bool):
-            return value
+    if (value is None or value == "None") and nullable:
+        return None
+    if bool in allowed:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-    elif int in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return _checked_int(key, value, source)
-    elif float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _as_float(key, value, source)
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, bool):
+        pass  # True is an int to Python, never to a config
+    elif int in allowed and isinstance(value, int):
+        return value
+    elif float in allowed and isinstance(value, (int, float)):
+        return float(value)
     elif str in allowed and isinstance(value, str):
         return value
-    raise UserError(f"{key} must be {_type_name(allowed, nullable)}, got {shown(value)} ({type(value).__name__}) "
-                    f"from {source}")
+    expected = " or ".join(sorted(t.__name__ for t in allowed) + (["None"] if nullable else []))
+    raise UserError(f"{key} must be {expected}, got {value!r} from {source}")
+
+
+def check_bounds(config: Any) -> None:
+    """Every value against the bounds and choices its field declares (None passes: it means 'the default')."""
+    for f in dataclasses.fields(config):
+        value, bounds = getattr(config, f.name), f.metadata
+        if value is None or not bounds:
+            continue
+        if "choices" in bounds:
+            if value not in bounds["choices"]:
+                raise UserError(f"{f.name} must be {' or '.join(map(repr, bounds['choices']))}, got {value!r}")
+            continue
+        ok = math.isfinite(value) and all(test(value, bounds[name]) for name, test in _TESTS.items() if name in bounds)
+        if not ok:
+            wanted = ", ".join(f"{_WORDS[name]} {bounds[name]}" for name in _TESTS if name in bounds)
+            raise UserError(f"{f.name} must be {wanted}, got {value!r}")
+
+
+_TESTS = {"min": lambda v, b: v >= b, "above": lambda v, b: v > b, "max": lambda v, b: v <= b,
+          "below": lambda v, b: v < b}
+_WORDS = {"min": "at least", "above": "above", "max": "at most", "below": "below"}
 
 
 def parse_cli_value(raw: str, annotation: Any) -> Any:
@@ -97,46 +106,29 @@ def parse_cli_value(raw: str, annotation: Any) -> Any:
 def read_config_file(path: str) -> dict[str, Any]:
     """The overrides a Python config file sets."""
     p = Path(path)
-    problem = not_a_file(p)
-    if problem:
-        hint = " (options are written --key=value)" if not path.startswith("-") and "=" in path else ""
-        raise UserError(f"config file {path} {problem}{hint}")
+    if not p.is_file():
+        hint = " (options are written --key=value)" if "=" in path else ""
+        raise UserError(f"config file {path} does not exist{hint}")
     namespace: dict[str, Any] = {}
     try:
         exec(compile(p.read_text(encoding="utf-8"), str(p), "exec"), namespace)
-    except (Exception, SystemExit) as e:  # a config file that exits has not configured anything
+    except Exception as e:
         raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
     return {k: v for k, v in namespace.items()
             if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
 
 
-def load_config(config_cls: type[Config], argv: list[str], verbose: bool = True,
-                retired: Optional[dict[str, str]] = None) -> Config:
-    """An instance of config_cls with the config files and --key=value overrides of argv applied.
-    `retired` maps keys that are gone to what to use instead (for configs written for nanoGPT or an
-    older version of this repo)."""
-    return config_cls(**load_overrides(config_cls, argv, verbose, retired))
-
-
-def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = True,
-                   retired: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    """The values that the config files and --key=value flags of argv set, checked against
-    config_cls (load_config's work, for a caller that needs to know which keys were given)."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = True) -> dict[str, Any]:
+    """The values that the config files and --key=value flags of argv set, type-checked."""
     hints = typing.get_type_hints(config_cls)
     values: dict[str, Any] = {}
     if any(arg in ("-h", "--help") for arg in argv):
         print0(help_text(config_cls))
         raise SystemExit(0)
 
-    def apply(key: str, value: Any, source: str, from_cli: bool) -> None:
-        if key in (retired or {}):
-            raise UserError(f"config key '{key}' in {source} is no longer used: {retired[key]}")
-        if key not in fields:
-            hint = closest(key, fields) or " (--help lists the keys)"
-            raise UserError(f"unknown config key '{key}' in {source}{hint}")
-        if from_cli:
-            value = parse_cli_value(value, hints[key])
+    def apply(key: str, value: Any, source: str) -> None:
+        if key not in hints:
+            raise UserError(f"unknown config key '{key}' in {source}{closest(key, hints) or ' (--help lists the keys)'}")
         values[key] = coerce(key, value, hints[key], source)
         if verbose:
             print0(f"config: {key} = {values[key]!r} ({source})")
@@ -144,51 +136,43 @@ def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = Tr
     for arg in argv:
         if arg.startswith("--"):
             key, sep, raw = arg[2:].partition("=")
-            if not sep and key in hints and hints[key] is bool:
+            if not sep and hints.get(key) is bool:
                 raw = "True"  # a bare --flag switches a bool on
             elif not sep and key in hints:
                 raise UserError(f"option {arg} has no value: write --{key}=VALUE")
-            apply(key, raw, "the command line", from_cli=True)
+            apply(key, parse_cli_value(raw, hints[key]) if key in hints else raw, "the command line")
         else:
             for key, value in read_config_file(arg).items():
-                apply(key, value, f"config file {arg}", from_cli=False)
+                apply(key, value, f"config file {arg}")
     return values
 
 
-def _script_docstring(script: Path) -> str:
-    """The docstring of the script being run (read from its file), or '' where it cannot be read."""
-    try:
-        return (ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or "").strip()
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
-        return ""
+def load_config(config_cls: type[Config], argv: list[str], verbose: bool = True) -> Config:
+    """An instance of config_cls with the config files and flags of argv applied, every value checked."""
+    config = config_cls(**load_overrides(config_cls, argv, verbose))
+    check_bounds(config)
+    return config
 
 
 def help_text(config_cls: type) -> str:
-    """The running script's docstring, then config_cls's keys as --key=default, in the class's order
-    and with its comments (the lines of comment between keys, and each key's own)."""
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-                for f in dataclasses.fields(config_cls)}
+    """The running script's docstring, then config_cls's keys as --key=default with their comments."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    script = Path(sys.argv[0])
     try:
-        source = inspect.getsource(config_cls).splitlines()
-    except (OSError, TypeError):  # no source to read: the keys without their comments
-        source = [f"    {name}:" for name in defaults]
-    lines = [_script_docstring(Path(sys.argv[0])), "",
-             f"usage: python {Path(sys.argv[0]).name} [config_file.py ...] [--key=value ...]",
+        doc = (ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or "").strip()
+    except (OSError, SyntaxError, ValueError):
+        doc = ""
+    lines = [doc, "", f"usage: python {script.name} [config_file.py ...] [--key=value ...]",
              "(later ones override earlier ones); the keys, with their defaults:"]
-    listed = set()
-    for line in source:
+    for line in inspect.getsource(config_cls).splitlines():
         field = re.match(r"\s+(\w+):[^#]*(#.*)?$", line)
-        if field and field.group(1) in defaults and field.group(1) not in listed:
-            key, comment = field.group(1), field.group(2)
-            lines.append(f"  --{key}={defaults[key]!r}" + (f"  {comment}" if comment else ""))
-            listed.add(key)
+        if field and field.group(1) in defaults:
+            lines.append(f"  --{field.group(1)}={defaults[field.group(1)]!r}  {field.group(2) or ''}".rstrip())
         elif line.strip().startswith("#"):
             lines.append(f"  {line.strip()}")
-    lines += [f"  --{key}={default!r}" for key, default in defaults.items() if key not in listed]  # lines not matched
     return "\n".join(lines)
 
 
 def config_dict(config: Any) -> dict[str, Any]:
     """A config as a plain dict (for checkpoints, logs and wandb)."""
     return dataclasses.asdict(config)
-

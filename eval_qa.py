@@ -35,15 +35,16 @@ from pathlib import Path
 from typing import AbstractSet, Optional
 
 import configurator
+from configurator import setting
 from kazgpt.checkpoint import load_model
 from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, line_end_tokens, passage_constraint, stream_text
-from kazgpt.files import check_output, commit, temporary_name
+from kazgpt.files import atomic_write
 from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_key, source_or_env
 from kazgpt.qa_examples import question_prompt
 from kazgpt.retrieval import Passage, PassageIndex, kazqad_collection, open_index, read_collection
-from kazgpt.qa import exact_match, token_f1
+from kazgpt.metrics import exact_match, token_f1
 
 MODES = ("closed_book", "reading", "open")
 RETRIEVED = 10  # passages ranked per question in open mode (for recall@5 and MRR@10; the reader reads the first)
@@ -58,15 +59,15 @@ class EvalConfig:
     split: str = "validation"
     modes: str = "closed_book,reading"  # any of closed_book, reading, open
     collection: Optional[str] = None  # open mode's passages: a .txt or .jsonl file; None: every passage of the source
-    index_dir: str = "data/bm25"  # where retrieval indexes are saved (one per collection), built on first use
-    max_new_tokens: int = 64
+    index_dir: Optional[str] = None  # where retrieval indexes are saved (one per collection), built on first use (None: data/bm25)
+    max_new_tokens: int = setting(64, min=1)
     # reading and open answers are spans of the passage in the prompt, the model picking where each starts and
     # ends (kazgpt.engine.SpanConstraint); False: whatever the model writes
     extractive: bool = True
-    limit: Optional[int] = None  # ask only the first N questions
+    limit: Optional[int] = setting(None, min=1)  # ask only the first N questions
     output: Optional[str] = None  # per-question JSON Lines; None: <out_dir>/eval_qa_<split>.jsonl
     device: Optional[str] = None
-    dtype: Optional[str] = None
+    dtype: Optional[str] = setting(None, choices=("float32", "bfloat16", "float16"))
 
 
 def gold_rank(example: dict, ranked: list[Passage]) -> Optional[int]:
@@ -132,30 +133,15 @@ def score_examples(examples: list[dict], modes: list[str], answer, prompt, out,
     return scores
 
 
-def made_by_eval_qa(path: Path) -> bool:
-    """Whether a file holds per-question results this script wrote (which it may replace)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            first = json.loads(f.readline())
-    except (OSError, ValueError):
-        return False
-    return isinstance(first, dict) and {"mode", "prediction", "answers"} <= first.keys()
-
-
-def main() -> None:
-    cfg = configurator.load_config(EvalConfig, sys.argv[1:], verbose=False)
+def main(argv: list[str]) -> None:
+    cfg = configurator.load_config(EvalConfig, argv, verbose=False)
     modes = [m for m in cfg.modes.split(",") if m]
     if not modes or any(m not in MODES for m in modes):
         raise UserError(f"--modes must be a comma-separated list of {', '.join(MODES)}; got '{cfg.modes}'")
-    if cfg.max_new_tokens < 1:
-        raise UserError(f"max_new_tokens must be at least 1, got {cfg.max_new_tokens}")
-    if cfg.limit is not None and cfg.limit < 1:  # a negative one would slice from the end
-        raise UserError(f"limit must be at least 1 (or None for every question), got {cfg.limit}")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     output = Path(cfg.output) if cfg.output else Path(cfg.out_dir) / f"eval_qa_{cfg.split}.jsonl"
     model, tokenizer = load_model(cfg.init_from, cfg.out_dir, cfg.checkpoint, device)
-    check_output(output, made_by_eval_qa, "per-question results (--output)")
     examples, trained_questions, what = held_out_examples(cfg.source, cfg.split)
     examples = examples[: cfg.limit] if cfg.limit else examples
     print(f"asking {what}" + (f", first {len(examples)}" if cfg.limit else ""))
@@ -182,14 +168,9 @@ def main() -> None:
         return "".join(first_line(stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype,
                                               greedy=True, constraint=constraint))).strip()
 
-    tmp = temporary_name(output)  # renamed to output when complete; removed if the run stops
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            prompter = make_prompter(tokenizer, model.config.block_size, index)
-            scores = score_examples(examples, modes, answer, prompter, out, trained_questions)
-        commit({tmp: output})
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(output, "w") as out:  # in place only when complete
+        scores = score_examples(examples, modes, answer, make_prompter(tokenizer, model.config.block_size, index),
+                                out, trained_questions)
     print_table(scores["all"], "all questions asked")
     if seen:
         print_table(scores["unseen"], f"the {len(examples) - seen} questions no training passage asks")
@@ -217,4 +198,4 @@ def print_table(scores: dict[str, dict], title: str) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

@@ -13,7 +13,6 @@ that joins tokens without spaces. Models trained without biases get zero biases 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ from typing import Optional
 import torch
 
 import configurator
-from kazgpt.checkpoint import find_checkpoint, load_checkpoint, model_from_checkpoint
+from kazgpt.checkpoint import load_checkpoint, model_from_checkpoint, newest_checkpoint
 from kazgpt.cli import UserError, run_main
-from kazgpt.files import temporary_name
+from kazgpt.files import atomic_folder
 from kazgpt.tokenizer import EOT, tokenizer_from_spec
 from model import ARCHITECTURES, GPT, HF_ATTENTION_BUFFERS, HF_CONV1D_WEIGHTS
 
@@ -38,7 +37,7 @@ GPT2_FILES = {  # where tiktoken fetches GPT-2's BPE files; with TIKTOKEN_CACHE_
 class ExportConfig:
     out_dir: str = "out"  # the run whose checkpoint is exported
     checkpoint: str = "best.pt"  # which file of out_dir; falls back to the other of ckpt.pt/best.pt
-    export_dir: str = "hf-export"  # the new folder (absent or empty) that receives the transformers model
+    export_dir: str = "hf-export"  # the new folder that receives the transformers model
 
 
 def to_transformers(model: GPT, eot_token: Optional[int], vocab_size: int):
@@ -112,36 +111,22 @@ def save_tokenizer(spec: dict, folder: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json), **special).save_pretrained(folder)
 
 
-def main() -> None:
-    cfg = configurator.load_config(ExportConfig, sys.argv[1:], verbose=False)
-    ckpt_path = find_checkpoint(Path(cfg.out_dir), cfg.checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt)
+def main(argv: list[str]) -> None:
+    cfg = configurator.load_config(ExportConfig, argv, verbose=False)
+    path = newest_checkpoint(Path(cfg.out_dir), prefer=cfg.checkpoint)
+    ckpt = load_checkpoint(path)
     folder = Path(cfg.export_dir)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):  # a file, device or pipe too
-        raise UserError(f"{folder} exists and is not {'empty' if folder.is_dir() else 'a folder'}: "
-                        "choose a new --export_dir")
-    if not folder.parent.is_dir():
-        raise UserError(f"the folder {folder.parent} (for --export_dir) does not exist: create it first")
-    # everything goes into a temporary folder beside it, renamed into place when complete, so that
-    # a failure half-way leaves nothing in the way of the next try
-    tmp = temporary_name(folder)
-    try:
-        tmp.mkdir()
-        tokenizer = tokenizer_from_spec(ckpt["tokenizer"])
-        to_transformers(model, tokenizer.eot_token, tokenizer.vocab_size).save_pretrained(tmp, safe_serialization=True)
+    if folder.exists():
+        raise UserError(f"{folder} exists: choose a new --export_dir")
+    tokenizer = tokenizer_from_spec(ckpt["tokenizer"])
+    hf = to_transformers(model_from_checkpoint(ckpt, path), tokenizer.eot_token, tokenizer.vocab_size)
+    with atomic_folder(folder) as tmp:  # a failure half-way leaves nothing in the way of the next try
+        hf.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(ckpt["tokenizer"], tmp)
-        record = {"source": str(ckpt_path), "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]["kind"]}
+        record = {"source": str(path), "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]["kind"]}
         (tmp / "kazgpt_export.json").write_text(json.dumps(record))
-        if folder.exists():
-            folder.rmdir()  # empty, checked above
-        tmp.rename(folder)
-    except OSError as e:
-        raise UserError(f"could not write {folder} ({e.strerror or e}); nothing was left there") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"exported {sorted(p.name for p in folder.iterdir())} to {folder}")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

@@ -15,18 +15,22 @@ log), the comparison across tokenizers.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import configurator
-from kazgpt.cli import UserError, not_a_file, run_main
-from kazgpt.files import check_output, commit, temporary_name
+from kazgpt.cli import UserError, run_main
+from kazgpt.files import atomic_write
 
-MADE_BY = "kazgpt plot.py"  # the image's Creator: plot.py replaces only images it made
-FORMATS = ("png", "pdf", "svg")  # those that carry the Creator
+FORMATS = ("png", "pdf", "svg")
+
+
+def save_image(fig, png: Path) -> None:
+    with atomic_write(png) as f:
+        fig.savefig(f, format=png.suffix.lower().lstrip("."))
+    print(f"wrote {png}")
 
 
 @dataclass
@@ -38,59 +42,19 @@ class PlotConfig:
 
 
 def read_run_log(out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(training steps, evaluations) of a run, the later entry winning where a resumed run repeats an iteration."""
+    """(training steps, evaluations) of a run, the later entry winning where a resumed run repeats an
+    iteration; a line cut short by a kill is skipped."""
     path = out_dir / "log.jsonl"
-    problem = not_a_file(path)
-    if problem:
-        raise UserError(f"{path} {problem}: train.py writes it into out_dir while training")
-    steps, evals, skipped = {}, {}, []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        entry = log_entry(line)
-        if entry is None:
-            skipped.append(n)
-        else:
-            (evals if "val_loss" in entry else steps)[entry["iter"]] = entry
-    if skipped:
-        print(f"warning: skipped {len(skipped)} line(s) of {path} that are not train.py log entries "
-              f"(line {', '.join(map(str, skipped[:5]))}{', ...' if len(skipped) > 5 else ''})", file=sys.stderr)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: train.py writes it into out_dir when it saves a checkpoint")
+    steps, evals = {}, {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        (evals if "val_loss" in entry else steps)[entry["iter"]] = entry
     return [steps[k] for k in sorted(steps)], [evals[k] for k in sorted(evals)]
-
-
-def log_entry(line: str) -> Optional[dict]:
-    """A log.jsonl line as train.py writes it (a step: iter, loss, ms; an eval: iter, train_loss,
-    val_loss), or None for anything else: a truncated line, another program's, a non-finite value."""
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(entry, dict) or type(entry.get("iter")) is not int:
-        return None
-    keys = ("train_loss", "val_loss") if "val_loss" in entry else ("loss", "ms")
-    numbers = [entry.get(k) for k in keys] + ([entry["val_bpb"]] if entry.get("val_bpb") is not None else [])
-    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)
-    return entry if ok else None
-
-
-def image_path(png: Path) -> Path:
-    """Check the image path before drawing: a known format, a folder that exists, and no file there
-    that plot.py did not make."""
-    if png.suffix.lower().lstrip(".") not in FORMATS:
-        raise UserError(f"plot.py writes {', '.join('.' + f for f in FORMATS)} images; got '{png.name}': "
-                        "end the name in one of them")
-    check_output(png, lambda p: p.is_file() and MADE_BY.encode() in p.read_bytes(), "image")
-    return png
-
-
-def save_image(fig, png: Path) -> None:
-    """Write the figure atomically, marked as plot.py's."""
-    tmp = temporary_name(png)
-    try:
-        fig.savefig(tmp, format=png.suffix.lower().lstrip("."), metadata={"Creator": MADE_BY})
-        commit({tmp: png})
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"could not write {png} ({e.strerror or e})") from None
-    print(f"wrote {png}")
 
 
 def plot_comparison(out_dirs: list[Path], logs: list[tuple[list[dict], list[dict]]], ax) -> None:
@@ -116,11 +80,13 @@ def plot_comparison(out_dirs: list[Path], logs: list[tuple[list[dict], list[dict
     ax.legend(loc="upper right")
 
 
-def main() -> None:
-    cfg = configurator.load_config(PlotConfig, sys.argv[1:], verbose=False)
+def main(argv: list[str]) -> None:
+    cfg = configurator.load_config(PlotConfig, argv, verbose=False)
     runs = [Path(d) for d in (cfg.compare or "").split(",") if d] or [Path(cfg.out_dir)]
     logs = [read_run_log(run) for run in runs]  # (steps, evals) of each run: a missing log is reported first
-    png = image_path(Path(cfg.png or ("compare.png" if cfg.compare else runs[0] / "loss.png")))
+    png = Path(cfg.png or ("compare.png" if cfg.compare else runs[0] / "loss.png"))
+    if png.suffix.lower().lstrip(".") not in FORMATS:
+        raise UserError(f"plot.py writes {', '.join('.' + f for f in FORMATS)} images; got '{png.name}'")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

@@ -21,13 +21,13 @@ import torch
 
 import configurator
 from kazgpt.checkpoint import load_model
-from kazgpt.cli import UserError, check_seed, not_a_file, run_main
+from configurator import setting
+from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
-from kazgpt.engine import first_line, line_end_tokens, passage_constraint, stream_text
+from kazgpt.engine import decode_one_token, first_line, line_end_tokens, passage_constraint, stream_text
 from kazgpt.kazqad import nfc
 from kazgpt.qa_examples import question_prompt
 from kazgpt.retrieval import PassageIndex, open_index, read_collection
-from model import decode_one_token
 
 
 @dataclass
@@ -36,14 +36,14 @@ class SampleConfig:
     out_dir: str = "out"
     checkpoint: str = "best.pt"  # which file of out_dir; falls back to the other of ckpt.pt/best.pt
     start: str = "\n"  # the prompt, or "FILE:path" to read it from a file
-    num_samples: int = 10
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # below 1 sharpens the distribution, above 1 flattens it
-    top_k: Optional[int] = 200  # sample among the k most likely tokens only; None: all
-    top_p: Optional[float] = None  # sample among the most likely tokens that cover probability top_p; None: all
-    seed: int = 1337
+    num_samples: int = setting(10, min=1)
+    max_new_tokens: int = setting(500, min=1)
+    temperature: float = setting(0.8, above=0)  # below 1 sharpens the distribution, above 1 flattens it
+    top_k: Optional[int] = setting(200, min=1)  # sample among the k most likely tokens only; None: all
+    top_p: Optional[float] = setting(None, above=0, max=1)  # among the most likely tokens covering top_p; None: all
+    seed: int = setting(1337, min=0)
     device: Optional[str] = None  # None: cuda, then mps, then cpu
-    dtype: Optional[str] = None  # None: bfloat16 on CUDA where supported (else float16), float32 elsewhere
+    dtype: Optional[str] = setting(None, choices=("float32", "bfloat16", "float16"))  # None: bf16 on CUDA, else fp32
     compile: bool = False  # compile the one-token decode step: ~20 s of compiling, same tokens; on CPU it does not pay
     interactive: bool = False  # read questions from stdin, stream each answer; Ctrl-D ends
     # a passage to answer from, as text or FILE:path (a first line followed by more lines is its title);
@@ -52,36 +52,18 @@ class SampleConfig:
     # a collection of passages (.txt or .jsonl, see kazgpt/retrieval.py): each question is asked in the reading
     # layout with the passage BM25 finds for it, whose title is shown first
     collection: Optional[str] = None
-    index_dir: str = "data/bm25"  # where the collection's index is saved, built on first use
+    index_dir: Optional[str] = None  # where the collection's index is saved, built on first use (None: data/bm25)
     # with --context or --collection, answers are spans of the passage, the model choosing where each starts and
     # ends (kazgpt.engine.SpanConstraint); False: whatever the model writes
     extractive: bool = True
 
 
-def check_ranges(cfg: SampleConfig) -> None:
-    if cfg.max_new_tokens <= 0:
-        raise UserError(f"max_new_tokens must be at least 1, got {cfg.max_new_tokens}")
-    if cfg.num_samples <= 0:
-        raise UserError(f"num_samples must be at least 1, got {cfg.num_samples}")
-    if not cfg.temperature > 0:
-        raise UserError(f"temperature must be above 0, got {cfg.temperature} "
-                        "(for the most likely tokens use --top_k=1)")
-    if cfg.top_k is not None and cfg.top_k <= 0:
-        raise UserError(f"top_k must be at least 1 (or None), got {cfg.top_k}")
-    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
-        raise UserError(f"top_p must be in (0, 1] (or None), got {cfg.top_p}")
-    check_seed(cfg.seed)
-
-
 def read_text_arg(value: str, key: str) -> str:
     """The text of a --start/--context value: itself, or the file FILE:path names."""
     if value.startswith("FILE:"):
-        if not value[5:].strip():
-            raise UserError(f"--{key}=FILE: names no file: give FILE:path of a UTF-8 text file")
         path = Path(value[5:])
-        problem = not_a_file(path)
-        if problem:
-            raise UserError(f"file {path} {problem} (from --{key}=FILE:{path})")
+        if not path.is_file():
+            raise UserError(f"file {path} does not exist (from --{key}=FILE:{path})")
         try:
             return nfc(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
@@ -154,9 +136,8 @@ def make_asker(source: Union[PassageIndex, tuple[str, Optional[str]]], tokenizer
     return ask
 
 
-def main() -> None:
-    cfg = configurator.load_config(SampleConfig, sys.argv[1:], verbose=False)
-    check_ranges(cfg)
+def main(argv: list[str]) -> None:
+    cfg = configurator.load_config(SampleConfig, argv, verbose=False)
     start = read_text_arg(cfg.start, "start")  # the inputs first: a bad path fails before the model loads
     source = passage_source(cfg)
     device = resolve_device(cfg.device)
@@ -195,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, memory_hint="use a smaller --num_samples, or a smaller model")
+    sys.exit(run_main(main, memory_hint="use a smaller --num_samples, or a smaller model"))

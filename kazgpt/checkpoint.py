@@ -1,13 +1,16 @@
-"""Checkpoint files and the models loaded from them.
+"""Checkpoints, and the models that runs start from.
 
-A checkpoint is a dict saved with torch.save and read back with weights_only=True (no pickled
-objects): the model and optimizer states, model arguments, tokenizer spec, iteration, config and
-every rank's RNG state. It is written atomically, so a crash at any moment leaves a loadable one.
+A checkpoint is a dict saved with torch.save (atomically: a kill at any moment leaves a loadable
+one) and read back with weights_only=True (no pickled objects): the model and optimizer states,
+model arguments, tokenizer spec, iteration, config and every rank's RNG state. load_checkpoint
+checks it once, where it is read, so that everything after may trust its fields.
+
+A run starts from (init_from): scratch (train.py builds the model), 'resume' (the newest checkpoint
+of out_dir), an earlier run of this repo to finetune (its folder or a checkpoint file: weights only),
+or GPT-2 weights (a hub name, or a folder saved by transformers).
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 from pathlib import Path
 from typing import Optional
@@ -15,120 +18,130 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kazgpt.cli import UserError, hub_cache_hint, hub_warnings_held_back
-from kazgpt.files import commit, remove_stale_temporaries, temporary_name
+from kazgpt.cli import UserError, offline_hint, print0
+from kazgpt.files import atomic_write
 from kazgpt.tokenizer import Tokenizer, TiktokenTokenizer, tokenizer_from_spec
 from model import GPT, GPTConfig
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAMES = ("ckpt.pt", "best.pt")  # the latest state, and the one with the lowest val loss
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
-
-def remove_stale_checkpoint_temporaries(folder: Path) -> None:
-    """Delete the temporary checkpoint files a run killed while saving left in folder (only those)."""
-    remove_stale_temporaries(folder, CHECKPOINT_NAMES)
+REQUIRED = {"model": dict, "model_args": dict, "tokenizer": dict, "iter_num": int, "best_val_loss": (int, float)}
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    """Write atomically: a temporary file in the same folder, flushed and fsync'ed, then renamed
-    over the old one. A crash at any moment leaves either the old or the new checkpoint."""
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"version": CHECKPOINT_VERSION, **obj}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        commit({tmp: path})
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise UserError(f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is untouched: "
-                        "free disk space or choose another --out_dir") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        torch.save({"version": CHECKPOINT_VERSION, **obj}, f)
 
 
-def load_checkpoint(path: Path, map_location: str = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True; a damaged or foreign file is a one-line error."""
-    if not path.exists():
-        raise UserError(f"no checkpoint at {path}: train one first (init_from=scratch), "
-                        "or point --out_dir at a folder holding ckpt.pt")
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint of this repo, checked: a damaged, foreign or incomplete file is a one-line error."""
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: train one first, or point --out_dir at a run's folder")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"checkpoint {path} is corrupt or truncated, or holds objects that weights-only loading "
-                        f"refuses ({type(e).__name__}); use another checkpoint or retrain") from None
+        raise UserError(f"checkpoint {path} is damaged or not a checkpoint of this repo ({type(e).__name__}): "
+                        "use another checkpoint (ckpt.pt or best.pt), or retrain") from None
+    problem = None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        found = ckpt.get("version") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(f"checkpoint {path} has format version {found!r}, this code reads version "
-                        f"{CHECKPOINT_VERSION}; retrain or use a matching version of this repo")
+        problem = "has no version this code reads"
+    else:
+        problem = next((f"lacks its '{k}'" for k, kind in REQUIRED.items() if not isinstance(ckpt.get(k), kind)), None)
+    if problem:
+        raise UserError(f"checkpoint {path} {problem}: it is damaged or from another program; use another "
+                        "checkpoint, or retrain")
     return ckpt
 
 
-def find_checkpoint(out_dir: Path, prefer: str = "ckpt.pt") -> Path:
-    """The checkpoint to load from out_dir: `prefer` if present, else the other of ckpt.pt/best.pt."""
-    for name in (prefer, *CHECKPOINT_NAMES):
-        if (out_dir / name).exists():
-            return out_dir / name
-    return out_dir / prefer
+def newest_checkpoint(folder: Path, prefer: Optional[str] = None) -> Path:
+    """`prefer` if folder has it, else the most recently written of ckpt.pt and best.pt."""
+    if prefer and (folder / prefer).is_file():
+        return folder / prefer
+    found = [folder / n for n in CHECKPOINT_NAMES if (folder / n).is_file()]
+    if not found:
+        raise UserError(f"no checkpoint in {folder}: train one first (init_from=scratch), or point --out_dir at "
+                        "a run's folder")
+    return max(found, key=lambda p: p.stat().st_mtime_ns)
 
 
-def model_from_checkpoint(ckpt: dict, **overrides) -> GPT:
+def model_from_checkpoint(ckpt: dict, path: Path, **overrides) -> GPT:
     """The GPT a checkpoint holds (overrides such as dropout replace its model arguments)."""
     try:
         model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
         model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # missing fields, other shapes or keys
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"the checkpoint's model does not load ({first_line[:200]}): it is damaged or comes from "
-                        "another version of this repo") from None
+    except (TypeError, ValueError, RuntimeError) as e:  # arguments or weights of another shape
+        raise UserError(f"the model in {path} does not load ({str(e).strip().splitlines()[0][:160]}): it is "
+                        "damaged or from another version of this repo") from None
     return model
 
 
-def run_checkpoint(init_from: str) -> Optional[Path]:
-    """The checkpoint of this repo that init_from names: a checkpoint file, or a run's out_dir (its
-    best.pt, else its ckpt.pt); None if it names none."""
-    path = Path(init_from).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir() and any((path / name).exists() for name in CHECKPOINT_NAMES):
-        return find_checkpoint(path, "best.pt")
-    return None
-
-
-def is_pretrained_name(init_from: str) -> bool:
-    """Whether init_from names GPT-2 weights: an OpenAI model name or a local transformers folder."""
-    return init_from in GPT2_NAMES or (Path(init_from).is_dir() and run_checkpoint(init_from) is None)
-
-
 def load_pretrained(name_or_path: str, dropout: float = 0.0) -> GPT:
-    """OpenAI's GPT-2 (hub name) or a local transformers GPT-2 folder, as this repo's GPT."""
+    """OpenAI's GPT-2 (a hub name) or a local transformers GPT-2 folder, as this repo's GPT."""
     try:
-        with hub_warnings_held_back():
-            return GPT.from_pretrained(name_or_path, dropout=dropout)
+        return GPT.from_pretrained(name_or_path, dropout=dropout)
     except ValueError as e:  # loaded, but not a GPT-2 this model can hold
         raise UserError(f"'{name_or_path}' cannot be used: {e}") from None
     except Exception as e:  # the hub cannot be reached, or the folder holds no transformers model
-        where = "folder" if Path(name_or_path).exists() else "model"
-        cache = "" if where == "folder" else hub_cache_hint()
-        raise UserError(f"could not load the GPT-2 {where} '{name_or_path}' ({type(e).__name__}); offline, {cache}"
-                        "pass a local folder saved by transformers' GPT2LMHeadModel.save_pretrained") from None
+        if Path(name_or_path).exists():
+            raise UserError(f"{name_or_path} holds no transformers GPT-2 model ({type(e).__name__})") from None
+        raise UserError(f"could not load '{name_or_path}' from the Hugging Face hub ({type(e).__name__}); offline, "
+                        f"{offline_hint()}pass a local folder saved by GPT2LMHeadModel.save_pretrained") from None
+
+
+def run_folder_or_file(init_from: str) -> Optional[Path]:
+    """The checkpoint of this repo that init_from names (a file, or a run's folder), else None."""
+    path = Path(init_from).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir() and any((path / n).is_file() for n in CHECKPOINT_NAMES):
+        return newest_checkpoint(path, prefer="best.pt")
+    return None
+
+
+def start_model(init_from: str, out_dir: Path, tokenizer: dict, vocab_size: int,
+                dropout: float) -> tuple[GPT, Optional[dict]]:
+    """The model a run that does not start from scratch starts from, and its checkpoint (None for
+    GPT-2 weights). The weights must speak the dataset's tokenizer (spec and vocabulary size)."""
+    path = newest_checkpoint(out_dir) if init_from == "resume" else run_folder_or_file(init_from)
+    if path is None:
+        if init_from not in GPT2_NAMES and not Path(init_from).is_dir():
+            raise UserError(f"init_from must be scratch, resume, {', '.join(GPT2_NAMES)}, a transformers GPT-2 "
+                            f"folder, or a run of this repo (its folder or checkpoint file); got '{init_from}'")
+        print0(f"initializing from GPT-2 weights: {init_from}")
+        model = load_pretrained(init_from, dropout)
+        if model.config.vocab_size < vocab_size:
+            raise UserError(f"'{init_from}' has a vocabulary of {model.config.vocab_size} tokens, the dataset "
+                            f"{vocab_size}: finetune it on a dataset of its tokenizer (GPT-2's BPE: qazdata)")
+        return model, None
+    ckpt = load_checkpoint(path)
+    print0(f"{'resuming from' if init_from == 'resume' else 'initializing from'} {path} at iteration "
+           f"{ckpt['iter_num']}")
+    if ckpt["tokenizer"] != tokenizer:
+        raise UserError(f"{path} was trained with another tokenizer than this dataset's: use the dataset it was "
+                        "trained on, or prepare one with its tokenizer (e.g. data/qazdata_qa/prepare.py "
+                        "--tokenizer=<the dataset folder it was trained on>)")
+    return model_from_checkpoint(ckpt, path, dropout=dropout), ckpt
 
 
 def load_model(init_from: str, out_dir: str, checkpoint: str, device: str) -> tuple[GPT, Tokenizer]:
-    """The model to sample from (eval mode, on device) and its tokenizer: the checkpoint in out_dir
-    (init_from='resume'), or GPT-2 weights (a hub name, or a local folder with its tokenizer.json)."""
+    """The model to sample from (eval mode, on device) and its tokenizer: a run's checkpoint
+    (init_from='resume': out_dir's `checkpoint`, else its newest), or GPT-2 weights (a hub name, or
+    a transformers folder, with its tokenizer.json if it has one)."""
     if init_from == "resume":
-        ckpt = load_checkpoint(find_checkpoint(Path(out_dir), checkpoint))
-        model, tokenizer = model_from_checkpoint(ckpt), tokenizer_from_spec(ckpt["tokenizer"])
-    elif is_pretrained_name(init_from):
+        path = newest_checkpoint(Path(out_dir), prefer=checkpoint)
+        ckpt = load_checkpoint(path)
+        model, tokenizer = model_from_checkpoint(ckpt, path), tokenizer_from_spec(ckpt["tokenizer"])
+    elif init_from in GPT2_NAMES or Path(init_from).is_dir():
         model = load_pretrained(init_from)
         tok_file = Path(init_from) / "tokenizer.json"
         tokenizer = (tokenizer_from_spec({"kind": "hf", "tokenizer_json": tok_file.read_text(encoding="utf-8")})
-                     if tok_file.exists() else TiktokenTokenizer("gpt2"))
+                     if tok_file.is_file() else TiktokenTokenizer("gpt2"))
     else:
-        raise UserError(f"init_from must be resume, {', '.join(GPT2_NAMES)} or a local GPT-2 folder; got '{init_from}'")
-    model.eval().to(device)
-    return model, tokenizer
+        raise UserError(f"init_from must be resume, {', '.join(GPT2_NAMES)} or a transformers GPT-2 folder; "
+                        f"got '{init_from}'")
+    return model.eval().to(device), tokenizer
 
 
 def rng_state() -> dict:

@@ -11,6 +11,8 @@ column as the document's first line); .txt with documents separated by blank lin
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import hashlib
 import json
 import os
@@ -18,9 +20,9 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from kazgpt.cli import ArgumentParser, UserError, hub_warnings_held_back, not_a_file
-from kazgpt.dataset import DATASET_FILES, meta_text
-from kazgpt.files import remove_stale_temporaries, temporary_name, write_files_atomically
+from kazgpt.cli import ArgumentParser, UserError
+from kazgpt.dataset import meta_text
+from kazgpt.files import atomic_write, write_text
 from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
 
 BATCH_BYTES = 1 << 20  # text per worker task
@@ -41,9 +43,8 @@ def check_corpus_args(args: argparse.Namespace) -> None:
         raise UserError(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
     if args.num_proc < 1:
         raise UserError(f"--num_proc must be at least 1, got {args.num_proc}")
-    problem = None if args.source is None else not_a_file(Path(args.source), folder_ok=True)
-    if problem:
-        raise UserError(f"--source {args.source} {problem}: pass a file or a folder of files")
+    if args.source is not None and not Path(args.source).exists():
+        raise UserError(f"--source {args.source} does not exist: pass a file or a folder of files")
 
 
 def iter_local_documents(path: Path, title_field: Optional[str] = None) -> Iterator[str]:
@@ -126,9 +127,8 @@ def iter_hub_documents(hub_id: str, config: Optional[str] = None, title_field: O
     try:
         from datasets import load_dataset
 
-        with hub_warnings_held_back():
-            for row in load_dataset(hub_id, config, split="train", streaming=True):
-                yield titled(row.get(title_field) if title_field else None, row["text"])
+        for row in load_dataset(hub_id, config, split="train", streaming=True):
+            yield titled(row.get(title_field) if title_field else None, row["text"])
     except UserError:
         raise
     except Exception as e:
@@ -180,51 +180,35 @@ def _tokenize_batch(args: tuple[list[str], float]) -> tuple[bytes, bytes, int, i
 
 def write_streamed_dataset(out_dir: Path, docs: Iterable[str], tokenizer: Tokenizer, worker_spec: dict,
                            val_fraction: float, num_proc: int, extra_files: Optional[dict[str, str]] = None) -> str:
-    """Tokenize a stream of documents into out_dir's train.bin/val.bin and meta.json (with extra_files,
-    all replacing the old dataset together), in num_proc workers that build their tokenizer from
-    worker_spec. Returns a line saying what was written."""
+    """Tokenize a stream of documents into out_dir's train.bin/val.bin, then write extra_files and
+    meta.json, in num_proc workers that build their tokenizer from worker_spec. The .bin files replace
+    the old ones only once complete. Returns a line saying what was written."""
     from tqdm import tqdm
 
     counts, totals = {"train": 0, "val": 0}, {"val_bytes": 0, "docs": 0}
-    remove_stale_temporaries(out_dir, DATASET_FILES)
-    tmp = {split: temporary_name(out_dir / f"{split}.bin") for split in counts}
-    files = {split: open(tmp[split], "wb") for split in counts}
-
-    def tokenize_window(pool, window: list[list[str]], bar) -> None:
-        for train_bytes, val_bytes, val_text_bytes, n_docs in pool.map(_tokenize_batch,
-                                                                       [(b, val_fraction) for b in window]):
-            for split, chunk in (("train", train_bytes), ("val", val_bytes)):
-                files[split].write(chunk)
-                counts[split] += len(chunk) // 2
-            totals["val_bytes"] += val_text_bytes
-            totals["docs"] += n_docs
-            bar.update(n_docs)
-
-    try:
-        with Pool(num_proc, initializer=_start_worker, initargs=(worker_spec,)) as pool, \
-                tqdm(desc="tokenizing", unit="doc") as bar:
-            window: list[list[str]] = []
-            for batch in batches(docs):
+    with contextlib.ExitStack() as stack:
+        files = {split: stack.enter_context(atomic_write(out_dir / f"{split}.bin")) for split in counts}
+        pool = stack.enter_context(Pool(num_proc, initializer=_start_worker, initargs=(worker_spec,)))
+        bar = stack.enter_context(tqdm(desc="tokenizing", unit="doc"))
+        window: list[list[str]] = []
+        for batch in itertools.chain(batches(docs), [None]):  # None: the end, which tokenizes the last window
+            if batch is not None:
                 window.append(batch)
-                if len(window) == 2 * num_proc:  # batches in flight: this bounds memory
-                    tokenize_window(pool, window, bar)
-                    window = []
-            tokenize_window(pool, window, bar)
-        for f in files.values():
-            f.close()
+            if len(window) < 2 * num_proc and batch is not None:  # batches in flight: this bounds memory
+                continue
+            for train_bytes, val_bytes, val_text_bytes, n_docs in pool.map(_tokenize_batch,
+                                                                           [(b, val_fraction) for b in window]):
+                for split, chunk in (("train", train_bytes), ("val", val_bytes)):
+                    files[split].write(chunk)
+                    counts[split] += len(chunk) // 2
+                totals["val_bytes"] += val_text_bytes
+                totals["docs"] += n_docs
+                bar.update(n_docs)
+            window = []
         if counts["val"] == 0 or counts["train"] == 0:
-            empty = "val" if counts["train"] else "train"
-            raise UserError(f"{totals['docs']} documents gave an empty {empty} split: "
-                            "use more data or a larger --val_fraction")
-        # complete files replace the old ones only now, with meta.json, all together
-        meta = meta_text(tokenizer.spec, tokenizer.vocab_size, counts, totals["val_bytes"])
-        contents = {"meta.json": meta, **(extra_files or {})}
-        written = {p: out_dir / f"{split}.bin" for split, p in tmp.items()}
-        write_files_atomically(out_dir, contents, written, obsolete=tuple(
-            n for n in DATASET_FILES if n not in contents and out_dir / n not in written.values()))
-    finally:  # no partial files are left behind; the old dataset stays as it was
-        for f in files.values():
-            f.close()
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
+            raise UserError(f"{totals['docs']} documents gave an empty {'val' if counts['train'] else 'train'} "
+                            "split: use more data or a larger --val_fraction")
+    for name, text in (extra_files or {}).items():
+        write_text(out_dir / name, text)
+    write_text(out_dir / "meta.json", meta_text(tokenizer.spec, tokenizer.vocab_size, counts, totals["val_bytes"]))
     return f"{totals['docs']:,} documents: {counts['train']:,} train and {counts['val']:,} val tokens in {out_dir}"

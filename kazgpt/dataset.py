@@ -22,14 +22,14 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from kazgpt import REPO_ROOT
 from kazgpt.cli import UserError
-from kazgpt.files import remove_stale_temporaries, write_files_atomically
-from kazgpt.qa_examples import LOSS, START
-from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
+from kazgpt.files import atomic_write, write_text
+from kazgpt.tokenizer import Tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
 UINT16_VOCAB = 65536  # token ids 0..65535
-MAX_IDS_CHECKED = 1 << 26  # token ids read to check them against the vocabulary before training
+LOSS, START = 1, 2  # bits of a mask file: the token is an answer token / the first token of an example
 
 
 def dataset_out_dir(path: Optional[str], script: str) -> Path:
@@ -38,25 +38,7 @@ def dataset_out_dir(path: Optional[str], script: str) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out_dir {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    _check_replaceable(out)
     return out
-
-
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse, before any work, a folder whose dataset files a prepare script could not replace:
-    one of those names taken by a folder, or files of those names without the meta.json of a dataset
-    of this repo beside them (a user's own files: nothing this repo made is overwritten)."""
-    present = [name for name in DATASET_FILES if (out_dir / name).exists()]
-    for name in present:
-        if not (out_dir / name).is_file():
-            raise UserError(f"{out_dir / name} is not a file: move it away, or choose another --out_dir")
-    if not present:
-        return
-    try:
-        _read_meta(out_dir / "meta.json", prepare="")  # the check every reader of a dataset makes
-    except UserError:
-        raise UserError(f"{out_dir} holds {', '.join(present)} but no meta.json of a dataset prepared here: "
-                        "they are not a dataset this repo made; choose another --out_dir, or move them away") from None
 
 
 def encode_documents(docs: list[str], tokenizer: Tokenizer, desc: str) -> tuple[list[int], int]:
@@ -89,29 +71,28 @@ def write_text_dataset(out_dir: Path, train_docs: list[str], val_docs: list[str]
           f"wrote {out_dir}/train.bin, val.bin, meta.json")
 
 
-DATASET_FILES = ("train.bin", "val.bin", "train.mask", "val.mask", "meta.json", "tokenizer.json")
-
-
 def write_dataset(out_dir: Path, train_ids, val_ids, tokenizer: Tokenizer, val_text_bytes: Optional[int],
                   masks: Optional[tuple] = None, extra_meta: Optional[dict] = None,
                   extra_files: Optional[dict[str, str]] = None) -> None:
     """Write uint16 train.bin/val.bin, their uint8 .mask files for a QA dataset (masks: train's, val's),
-    meta.json (with extra_meta, e.g. the kind) and extra_files (e.g. tokenizer.json), all or none:
-    a stop at any moment leaves out_dir's previous dataset whole (kazgpt/files.py)."""
+    extra_files (e.g. tokenizer.json) and, last, meta.json (with extra_meta, e.g. the kind): each file
+    atomically, and meta.json's token counts tell a reader whether the files belong together."""
     if tokenizer.vocab_size > UINT16_VOCAB:
         raise UserError(f"vocabulary of {tokenizer.vocab_size} does not fit uint16 token files "
                         f"(at most {UINT16_VOCAB})")
-    files: dict = dict(extra_files or {})
     counts = {}
     for i, (split, ids) in enumerate((("train", train_ids), ("val", val_ids))):
         arr = np.asarray(ids, dtype=np.uint16)
-        files[f"{split}.bin"] = arr.tobytes()
         counts[split] = len(arr)
+        with atomic_write(out_dir / f"{split}.bin") as f:
+            f.write(arr.tobytes())
         if masks is not None:
-            files[f"{split}.mask"] = np.asarray(masks[i], dtype=np.uint8).tobytes()
-    files["meta.json"] = meta_text(tokenizer.spec, tokenizer.vocab_size, counts, val_text_bytes, extra_meta)
-    remove_stale_temporaries(out_dir, DATASET_FILES)
-    write_files_atomically(out_dir, files, obsolete=tuple(n for n in DATASET_FILES if n not in files))
+            with atomic_write(out_dir / f"{split}.mask") as f:
+                f.write(np.asarray(masks[i], dtype=np.uint8).tobytes())
+    for name, text in (extra_files or {}).items():
+        write_text(out_dir / name, text)
+    write_text(out_dir / "meta.json", meta_text(tokenizer.spec, tokenizer.vocab_size, counts, val_text_bytes,
+                                                extra_meta))
 
 
 def meta_text(tokenizer_spec: dict, vocab_size: int, counts: dict[str, int], val_text_bytes: Optional[int],
@@ -148,32 +129,15 @@ def load_dataset_meta(data_dir: Path, block_size: int) -> dict:
             raise UserError(f"dataset '{data_dir.name}' is not prepared ({data_dir / f} is missing): run {prepare}")
     meta = _read_meta(data_dir / "meta.json", prepare)
     meta["tokenizer"] = _self_contained_spec(meta["tokenizer"], data_dir, prepare)
-    try:
-        tokenizer_size = tokenizer_from_spec(meta["tokenizer"]).vocab_size
-    except UserError:
-        raise
-    except Exception as e:  # a damaged spec: missing fields, bad tokenizer.json
-        raise UserError(f"the tokenizer of {data_dir / 'meta.json'} cannot be loaded ({type(e).__name__}): "
-                        f"run {prepare} again") from None
-    if tokenizer_size != meta["vocab_size"]:
-        raise UserError(f"the tokenizer has {tokenizer_size} entries but {data_dir / 'meta.json'} says "
-                        f"{meta['vocab_size']}: they come from different runs; run {prepare} again")
     for split in ("train", "val"):
-        _check_token_file(data_dir / f"{split}.bin", meta.get(f"{split}_tokens"), block_size, prepare,
-                          meta["vocab_size"])
-    meta.setdefault("kind", "text")  # datasets prepared before QA datasets existed
-    if meta["kind"] == "qa":
+        _check_token_file(data_dir / f"{split}.bin", meta.get(f"{split}_tokens"), block_size, prepare)
+    if meta.setdefault("kind", "text") == "qa":
         _check_qa_files(data_dir, meta, block_size, prepare)
-    elif meta["kind"] != "text":
-        raise UserError(f"{data_dir / 'meta.json'} names an unknown kind '{meta['kind']}' (text or qa): "
-                        f"run {prepare} again")
     return meta
 
 
 def _check_qa_files(data_dir: Path, meta: dict, block_size: int, prepare: str) -> None:
-    examples = meta.get("block_size")
-    if not isinstance(examples, int):
-        raise UserError(f"{data_dir / 'meta.json'} has no example length (block_size): run {prepare} again")
+    examples = meta["block_size"]
     if block_size < examples:
         raise UserError(f"the examples of {data_dir} are up to {examples} tokens long, more than block_size "
                         f"{block_size}: use --block_size={examples}, or prepare them with --block_size={block_size}")
@@ -206,25 +170,7 @@ def _self_contained_spec(spec: dict, data_dir: Path, prepare: str) -> dict:
     return spec
 
 
-def largest_token_id(path: Path, tokens: int, chunk: int = 1 << 22) -> int:
-    """The largest id of a token file: of every id in a file of up to MAX_IDS_CHECKED tokens, else of
-    evenly spread chunks that add up to that many. Read chunk by chunk (not mapped), so that neither
-    time nor memory grows with the file (a memmap strided over a 17 GB file would touch every page)."""
-    if tokens <= MAX_IDS_CHECKED:
-        starts = range(0, tokens, chunk)
-    else:
-        starts = np.linspace(0, tokens - chunk, MAX_IDS_CHECKED // chunk).astype(np.int64)
-    largest = 0
-    with open(path, "rb") as f:
-        for start in starts:
-            f.seek(2 * int(start))
-            ids = np.frombuffer(f.read(2 * chunk), dtype=np.uint16)
-            largest = max(largest, int(ids.max()) if len(ids) else 0)
-    return largest
-
-
-def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: int, prepare: str,
-                      vocab_size: int) -> None:
+def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: int, prepare: str) -> None:
     size = path.stat().st_size
     if size % 2:
         raise UserError(f"{path} has an odd byte count ({size}): it is truncated; run {prepare} again")
@@ -235,10 +181,6 @@ def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: in
     if tokens < block_size + 1:
         raise UserError(f"{path} holds {tokens} tokens, fewer than block_size+1 = {block_size + 1}: "
                         "use a smaller --block_size or more data")
-    largest = largest_token_id(path, tokens)
-    if largest >= vocab_size:
-        raise UserError(f"{path} holds token id {largest} but the vocabulary has {vocab_size} entries: the files "
-                        f"come from different tokenizers; run {prepare} again")
 
 
 # -----------------------------------------------------------------------------

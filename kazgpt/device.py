@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -13,7 +14,6 @@ from kazgpt.cli import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) from the vendors' data sheets, SXM parts.
 GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
-CPU_BF16_MIN_SPEEDUP = 1.5  # train in bf16 on a CPU only where its matmuls time at least this much faster
 _measured_peaks: dict[tuple[str, str], float] = {}
 
 
@@ -38,34 +38,25 @@ def cpu_supports_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def cpu_bf16_speedup() -> float:
-    """How many times faster a bf16 matmul runs than a float32 one on this CPU (0 without bf16).
-    A CPU flag alone cannot tell: bf16 is fast with AMX and slower than fp32 when emulated
-    (BENCHMARKS.md has the figures), so a 512-square matmul is timed in each dtype, taking turns for
-    10 ms five times, and the best rate of each is kept: other work on the machine slows some of the
-    turns, seldom the best ones (one 50 ms timing of each flipped the pick on a busy machine)."""
-    if not cpu_supports_bf16():
-        return 0.0
-    best = {"bfloat16": 0.0, "float32": 0.0}
-    for _ in range(5):
-        for dtype in best:
-            best[dtype] = max(best[dtype], measure_matmul_flops("cpu", dtype, n=512, seconds=0.01))
-    return best["bfloat16"] / best["float32"]
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 matmul instructions (AVX512-BF16 or AMX): there bf16 training is
+    faster than fp32; where bf16 is only emulated it is slower (BENCHMARKS.md has the figures)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return False
+    return cpu_supports_bf16() and any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def resolve_dtype(requested: Optional[str], device: str, training: bool = False) -> str:
-    """The autocast dtype. Defaults: bf16 on CUDA where supported (fp16 otherwise); for training on a
-    CPU whose bf16 matmuls time CPU_BF16_MIN_SPEEDUP times faster than fp32, bf16; float32
-    elsewhere, and for sampling on CPU (one-token decode steps measured slower in bf16)."""
+    """The autocast dtype. Defaults: bf16 on CUDA where supported (fp16 otherwise), bf16 for
+    training on CPUs with bf16 instructions, float32 elsewhere and for sampling on CPU (one-token
+    decode steps measured slower in bf16)."""
     kind = device.split(":")[0]
     if requested is None:
         if kind == "cuda":
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        if kind == "cpu" and training and cpu_bf16_speedup() >= CPU_BF16_MIN_SPEEDUP:
-            return "bfloat16"
-        return "float32"
-    if requested not in DTYPES:
-        raise UserError(f"unknown dtype '{requested}': use float32, bfloat16 or float16")
+        return "bfloat16" if kind == "cpu" and training and cpu_has_fast_bf16() else "float32"
     if requested == "bfloat16":
         if kind == "cuda" and not torch.cuda.is_bf16_supported():
             raise UserError("bfloat16 is not supported on this GPU: use --dtype=float16 (or float32)")
@@ -74,18 +65,6 @@ def resolve_dtype(requested: Optional[str], device: str, training: bool = False)
     if requested == "float16" and kind != "cuda":
         raise UserError(f"float16 autocast is only used on CUDA: use --dtype=float32 (or bfloat16) on {kind}")
     return requested
-
-
-def resumed_dtype(trained_in: object, picked: str, device: str) -> str:
-    """The dtype of a resumed run not given --dtype: the one its checkpoint was trained in, where this
-    device runs it, so that a timing (cpu_bf16_speedup) cannot switch a run's precision when it
-    resumes; else `picked`, the default for this device (also for checkpoints that do not say)."""
-    if not (isinstance(trained_in, str) and trained_in in DTYPES):
-        return picked
-    try:
-        return resolve_dtype(trained_in, device, training=True)
-    except UserError:  # e.g. trained in float16 on a GPU, resumed on a CPU
-        return picked
 
 
 def autocast_context(device: str, dtype: str):

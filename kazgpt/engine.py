@@ -1,19 +1,117 @@
-"""Text out of a model as it is generated: sample.py streams samples and answers with it, and
-eval_qa.py collects answers. An answer is the rest of the line after '<question>:'.
+"""Generation: small pure sampling functions (prefill, decode one token, sample), composed by
+generate_tokens with a KV cache, and text streamed out of them for sample.py and eval_qa.py. An
+answer is the rest of the line after '<question>:'.
+
+Generation past block_size (the window policy): the model sees at most block_size tokens. When
+the window is full and one more token is needed, the context slides forward to its last
+`keep = block_size // 2` tokens, which are re-encoded from position 0 (one prefill), and decoding
+continues with the cache: one prefill per block_size/2 new tokens instead of a recomputation per
+token. generate_without_cache follows the same policy by recomputing, and is the reference that
+the cached path is tested against.
 
 An answer read from a passage may be kept extractive (SpanConstraint): every token chosen must
-continue a run of whole words of the passage's own tokens, so the answer is a span of the passage,
-as an extractive reader's is; the model still decides where the span starts and where it ends.
+continue a run of whole words of the passage's own tokens, so the answer is a span of the passage;
+the model still decides where the span starts and ends.
 """
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
+from torch.nn import functional as F
 
 from kazgpt.device import autocast_context
 from kazgpt.tokenizer import Tokenizer
-from model import GPT, decode_one_token, generate_tokens
+from model import GPT, KVCache
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                      top_p: Optional[float] = None, greedy: bool = False,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One token per row of logits (B, vocab) -> (B, 1)."""
+    if greedy:
+        return logits.argmax(dim=-1, keepdim=True)
+    # shifted so that the largest is 0, and divided in float64: a tiny temperature sends the others to
+    # -inf (one token left, as greedy) instead of overflowing to inf and nan
+    logits = logits.float()
+    logits = ((logits - logits.amax(dim=-1, keepdim=True)).double() / temperature).float()
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def prefill(model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Encode a whole context into an emptied cache; logits (B, vocab) for the next token."""
+    cache.length = 0
+    return model(idx, cache=cache)[0][:, -1, :]
+
+
+def decode_one_token(model: GPT, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Append one token (B, 1) to the cache; logits (B, vocab) for the next token."""
+    return model(token, cache=cache)[0][:, -1, :]
+
+
+def _cache_dtype(model: GPT, idx: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(idx.device.type):
+        return torch.get_autocast_dtype(idx.device.type)
+    return model.lm_head.weight.dtype
+
+
+@torch.no_grad()
+def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
+                    generator: Optional[torch.Generator] = None, vocab_size: Optional[int] = None,
+                    decode_step=decode_one_token, constraint=None) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens new tokens (B, 1) one at a time, with a KV cache and the window policy
+    above. Only ids below vocab_size are sampled (the model's vocabulary may be padded past its
+    tokenizer's). `decode_step` may be a compiled decode_one_token; `constraint` (a SpanConstraint)
+    masks the logits before each choice and is told each token chosen."""
+    vocab, block = vocab_size or model.config.vocab_size, model.config.block_size
+    keep = max(1, block // 2)
+    cache = KVCache(model.config, idx.size(0), idx.device, _cache_dtype(model, idx))
+    tokens = idx
+    logits = prefill(model, tokens[:, -block:], cache)
+    for _ in range(max_new_tokens):
+        logits = logits[:, :vocab] if constraint is None else constraint.mask(logits[:, :vocab])
+        nxt = sample_next_token(logits, temperature, top_k, top_p, greedy, generator)
+        if constraint is not None:
+            constraint.step(nxt.item())
+        yield nxt
+        tokens = torch.cat([tokens, nxt], dim=1)
+        if cache.length == block:  # the window is full: slide it to the last `keep` tokens
+            logits = prefill(model, tokens[:, -keep:], cache)
+        else:
+            logits = decode_step(model, nxt, cache)
+
+
+@torch.no_grad()
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
+    """idx (B, T) followed by max_new_tokens tokens of generate_tokens (same options)."""
+    return torch.cat([idx, *generate_tokens(model, idx, max_new_tokens, **options)], dim=1)
+
+
+@torch.no_grad()
+def generate_without_cache(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                           top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
+                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The reference for generate_tokens: the same window policy, recomputing the whole context
+    for every new token."""
+    block = model.config.block_size
+    keep = max(1, block // 2)
+    start = max(0, idx.size(1) - block)  # the window's first token
+    tokens = idx
+    for _ in range(max_new_tokens):
+        if tokens.size(1) - start > block:
+            start = tokens.size(1) - keep
+        logits = model(tokens[:, start:])[0][:, -1, :]
+        tokens = torch.cat([tokens, sample_next_token(logits, temperature, top_k, top_p, greedy, generator)], dim=1)
+    return tokens
 
 
 class StreamDecoder:

@@ -19,7 +19,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from kazgpt.cli import ArgumentParser, UserError, hub_cache_hint, hub_warnings_held_back, not_a_file
+from kazgpt.cli import ArgumentParser, UserError, offline_hint
 
 KAZQAD_HUB_ID = ("issai/kazqad", "kazqad")
 NQ_TRANSLATE_HUB_ID = ("issai/kazqad", "nq-translate-kk")  # ~61k machine-translated triples, same schema
@@ -199,12 +199,9 @@ def read_kazqad_examples(source: Optional[str], hub_id: tuple[str, str] = KAZQAD
     if source is None:
         return _download_kazqad(hub_id)
     path = Path(source).expanduser()
-    problem = not_a_file(path, folder_ok=True)
-    if problem:
-        if hub_id != KAZQAD_HUB_ID:
-            raise UserError(f"--nq_source {source} {problem}: pass a JSON Lines file or folder")
-        given = f"${KAZQAD_SOURCE_ENV}" if os.environ.get(KAZQAD_SOURCE_ENV) == source else "--source"
-        raise UserError(f"{given} {source} {problem}: pass a KazQAD JSON Lines file or folder, or a .txt file")
+    if not path.exists():
+        given = f"${KAZQAD_SOURCE_ENV}" if os.environ.get(KAZQAD_SOURCE_ENV) == source else "the source"
+        raise UserError(f"{given} {source} does not exist: pass a KazQAD JSON Lines file or folder (or a .txt file)")
     files = [path]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json") and p.is_file())
@@ -222,13 +219,12 @@ def _download_kazqad(hub_id: tuple[str, str]) -> dict[str, list[dict]]:
     try:
         from datasets import load_dataset
 
-        with hub_warnings_held_back():
-            ds = load_dataset(*hub_id)
+        ds = load_dataset(*hub_id)
     except Exception as e:
         local = ("--source=PATH (KazQAD JSON Lines file or folder, or a .txt file) "
                  f"or set {KAZQAD_SOURCE_ENV}=PATH") if hub_id == KAZQAD_HUB_ID else "--nq_source=PATH (JSON Lines)"
         raise UserError(f"could not load {'/'.join(hub_id)} from the Hugging Face hub ({type(e).__name__}); "
-                        f"offline, {hub_cache_hint()}pass a local copy: {local}") from None
+                        f"offline, {offline_hint()}pass a local copy: {local}") from None
     return {SPLIT_NAMES.get(name, name): list(split) for name, split in ds.items()}
 
 

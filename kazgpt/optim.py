@@ -154,19 +154,6 @@ class Muon(torch.optim.Optimizer):
                 p.add_(direction, alpha=-group["lr"] * math.sqrt(max(1.0, p.size(0) / p.size(1))))
 
 
-def check_loaded_state(optimizer: torch.optim.Optimizer) -> None:
-    """Raise ValueError unless every parameter's loaded state is tensors of the parameter's shape (a
-    'step' count: one number). load_state_dict compares only the groups' sizes, so a damaged buffer
-    would otherwise fail in the middle of a step, or worse inside a fused kernel."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                if not isinstance(value, torch.Tensor):
-                    raise ValueError(f"its {key} of a {tuple(p.shape)} parameter is a {type(value).__name__}")
-                if value.shape != p.shape and not (key == "step" and value.numel() == 1):
-                    raise ValueError(f"its {key} of a {tuple(p.shape)} parameter has shape {tuple(value.shape)}")
-
-
 def newton_schulz_dtype(training_dtype: str) -> torch.dtype:
     """bfloat16 where the run trains in bf16 (its matmuls are fast there), else float32: fp16 can
     overflow in the iteration, and a CPU without fast bf16 runs it many times slower (BENCHMARKS.md)."""

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from kazgpt.cli import UserError
+from kazgpt.dataset import LOSS, START
 from kazgpt.kazqad import clean_question, format_qa, nfc, passage_header, passage_key
 from kazgpt.tokenizer import Tokenizer
 
 ANSWER_RESERVE = 16  # tokens kept free after a reading prompt for the answer (training and answering alike)
-LOSS, START = 1, 2  # bits of a mask file: the token is an answer token / the first token of an example
 
 # a sentence ends at . ! ? or … followed by space and anything but a lower-case letter or digit, or at a line end
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+(?=[^\s\da-zа-яәғқңөұүһіё])|\n\s*")

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from kazgpt import REPO_ROOT
 from kazgpt.cli import UserError
-from kazgpt.files import TEMPORARY_MARK, signals_held
+from kazgpt.files import atomic_folder
 from kazgpt.kazqad import json_lines, kazqad_passages, nfc, read_kazqad_examples, read_text_file, schema_problem
 
 STEM_LENGTH = 5
@@ -135,19 +134,11 @@ class PassageIndex:
 
     def save(self, folder: Path) -> None:
         """Write the index (made with the module's analyzer) to folder, which must not exist, whole or not at all."""
-        tmp = folder.with_name(f".{folder.name}{TEMPORARY_MARK}{os.getpid()}")
-        try:
+        with atomic_folder(folder) as tmp:
             self.retriever.save(str(tmp), show_progress=False)
             with open(tmp / "passages.jsonl", "w", encoding="utf-8") as f:
                 for p in self.passages:
                     f.write(json.dumps({"title": p.title, "text": p.text}, ensure_ascii=False) + "\n")
-            with signals_held():
-                os.replace(tmp, folder)
-        except OSError as e:
-            raise UserError(f"could not write the index {folder} ({e.strerror or e}): free disk space, or "
-                            "choose another --index_dir") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, folder: Path) -> "PassageIndex":
@@ -170,19 +161,15 @@ def fingerprint(passages: list[Passage]) -> str:
     return digest.hexdigest()[:16]
 
 
-def open_index(passages: list[Passage], index_dir: str) -> PassageIndex:
-    """The index of these passages: loaded from index_dir if it was built before, else built and saved there."""
-    root = Path(index_dir).expanduser()
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--index_dir {index_dir} is a file: name a folder for retrieval indexes")
+def open_index(passages: list[Passage], index_dir: Optional[str] = None) -> PassageIndex:
+    """The index of these passages: loaded from index_dir (None: this repo's data/bm25) if it was
+    built before, else built and saved there."""
+    root = Path(index_dir).expanduser() if index_dir else REPO_ROOT / "data" / "bm25"
     folder = root / f"bm25-{fingerprint(passages)}"
     if folder.is_dir():
         return _load_checked(folder, len(passages))
     index = PassageIndex.build(passages)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --index_dir {index_dir} ({e.strerror}): choose a writable folder") from None
+    folder.parent.mkdir(parents=True, exist_ok=True)
     index.save(folder)
     return index
 

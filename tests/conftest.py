@@ -1,15 +1,13 @@
 """Shared test helpers: where ../shared is, a small KazQAD-schema fixture, and running the
-repo's scripts as a user would (`python <script>` from the repo root, through a server that
-has imported torch already)."""
+repo's scripts as a user would (`python <script>` from the repo root, its main(argv) run in this
+process, or in a fresh interpreter where a signal or a kill is the point)."""
+import contextlib
+import importlib.util
+import io
 import json
-import locale
 import os
-import select
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ KAZQAD_DIR = SHARED / "kazqad"
 KAZQAD_VAL = KAZQAD_DIR / "kazqad-reading-comprehension-v1.0-kk-validation.jsonl"
 
 sys.path.insert(0, str(REPO))
+from kazgpt.cli import run_main  # noqa: E402
 if (SHARED / "tiktoken").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
@@ -58,75 +57,50 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-class ScriptServer:
-    """The client of tests/script_server.py: scripts run in children forked from one process that
-    has imported torch already, each as `python <script>` would run it (see there for the few
-    differences)."""
-
-    def __init__(self):
-        self.proc: subprocess.Popen | None = None
-
-    def _read_reply(self, deadline: float | None) -> dict | None:
-        """The next reply line, or None if the deadline passes first."""
-        line = b""
-        while not line.endswith(b"\n"):
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([self.proc.stdout], [], [], wait)[0]:
-                return None
-            byte = os.read(self.proc.stdout.fileno(), 1)
-            if not byte:
-                raise RuntimeError("tests/script_server.py ended unexpectedly")
-            line += byte
-        return json.loads(line)
-
-    def run(self, script: str, args: tuple, env: dict, timeout: float, input_text: str | None
-            ) -> subprocess.CompletedProcess:
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "script_server.py")], cwd=REPO,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        encoding = env.get("PYTHONIOENCODING") or locale.getpreferredencoding(False)  # the child's, for all three
-        with tempfile.TemporaryDirectory() as tmp:
-            streams = {name: Path(tmp) / name for name in ("stdin", "stdout", "stderr")}
-            if input_text is not None:
-                streams["stdin"].write_text(input_text, encoding=encoding)
-            request = {"script": script, "args": list(args), "cwd": str(REPO), "env": env,
-                       "stdin": str(streams["stdin"]) if input_text is not None else None,
-                       "stdout": str(streams["stdout"]), "stderr": str(streams["stderr"])}
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            pid = self._read_reply(None)["pid"]
-            try:
-                reply = self._read_reply(time.monotonic() + timeout)
-            except BaseException:  # Ctrl-C in the tests: the run goes with them, as subprocess.run's would
-                os.kill(pid, signal.SIGKILL)
-                raise
-            if reply is None:
-                os.kill(pid, signal.SIGKILL)
-                self._read_reply(None)
-                raise subprocess.TimeoutExpired([script, *args], timeout)
-            return subprocess.CompletedProcess([sys.executable, script, *args], reply["returncode"],
-                                               streams["stdout"].read_text(encoding=encoding),
-                                               streams["stderr"].read_text(encoding=encoding))
+_SCRIPTS: dict[str, object] = {}
 
 
-SCRIPT_SERVER = ScriptServer()
+def script(path: str):
+    """The module of a script of this repo (imported once, never run as __main__)."""
+    if path not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"script_{len(_SCRIPTS)}", REPO / path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        _SCRIPTS[path] = module
+    return _SCRIPTS[path]
 
 
-def run(script: str, *args: str, env: dict | None = None, timeout: int = 600, check: bool = True,
+def run(path: str, *args: str, env: dict | None = None, timeout: int = 600, check: bool = True,
         input_text: str | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
-    """python <script> <args> from the repo root; check=True asserts exit 0 and shows stderr otherwise.
-    It runs in a child of the script server (no `import torch` to wait for), or with fresh=True in a
-    new interpreter of its own (for what only a direct child shows, such as its resource usage)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    """python <path> <args> from the repo root; check=True asserts exit 0 and shows stderr otherwise.
+    It runs the script's main(argv) in this process, through run_main as the script's own last line
+    does, or with fresh=True as a new interpreter (for signals, kills and torchrun)."""
     if fresh:
-        proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=full_env, capture_output=True,
-                              text=True, timeout=timeout, input=input_text,
+        proc = subprocess.run([sys.executable, path, *args], cwd=REPO, env={**os.environ, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout, input=input_text,
                               stdin=None if input_text is not None else subprocess.DEVNULL)
     else:
-        proc = SCRIPT_SERVER.run(script, args, full_env, timeout, input_text)
+        saved_env, saved_argv, saved_cwd, saved_stdin = dict(os.environ), sys.argv, os.getcwd(), sys.stdin
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            os.environ.update(env or {})
+            sys.argv, sys.stdin = [path, *args], io.StringIO(input_text or "")
+            os.chdir(REPO)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = run_main(script(path).main, list(args))
+                except SystemExit as e:  # --help
+                    code = e.code or 0
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+            sys.argv, sys.stdin = saved_argv, saved_stdin
+            os.chdir(saved_cwd)
+        proc = subprocess.CompletedProcess([path, *args], code, out.getvalue(), err.getvalue())
     if check:
-        assert proc.returncode == 0, (
-            f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
+        assert proc.returncode == 0, f"{path} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n" \
+                                     f"{proc.stderr[-3000:]}"
     return proc
 
 

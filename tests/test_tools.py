@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import GPT2_ARCHITECTURE, TINY_MODEL, make_examples, prepare_char_dataset, run, write_jsonl
-from kazgpt.qa import exact_match, normalize_answer, token_f1
+from kazgpt.metrics import exact_match, normalize_answer, token_f1
 
 
 def test_normalization_and_metrics_by_hand():

@@ -58,14 +58,14 @@ def existing_tokenizer(path: str) -> str:
     return text
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = corpus_arg_parser(__doc__, val_fraction=0.005)
     parser.add_argument("--tokenizer", default=None, help="an existing tokenizer.json (or a folder holding one) "
                         "instead of training a BPE")
     parser.add_argument("--vocab_size", type=int, default=32768, help=f"BPE entries, 257 to {UINT16_VOCAB}")
     parser.add_argument("--bpe_chars", type=int, default=300_000_000,
                         help="characters of train articles the BPE is trained on")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     check_corpus_args(args)
     if not 257 <= args.vocab_size <= UINT16_VOCAB:
         raise UserError(f"--vocab_size={args.vocab_size} is out of range: a byte-level BPE needs at least 257 "
@@ -89,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

@@ -24,8 +24,8 @@ from kazgpt.tokenizer import TiktokenTokenizer  # noqa: E402
 HUB_ID = "Skylion007/openwebtext"
 
 
-def main() -> None:
-    args = corpus_arg_parser(__doc__, val_fraction=0.0005).parse_args()
+def main(argv: list[str]) -> None:
+    args = corpus_arg_parser(__doc__, val_fraction=0.0005).parse_args(argv)
     check_corpus_args(args)
     tokenizer = TiktokenTokenizer("gpt2")  # fails early, with advice, if the BPE files cannot be had
     out_dir = dataset_out_dir(args.out_dir, __file__)
@@ -35,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

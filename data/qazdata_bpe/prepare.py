@@ -19,11 +19,11 @@ from kazgpt.kazqad import kazqad_arg_parser, load_kazqad_text  # noqa: E402
 from kazgpt.tokenizer import HFTokenizer, TiktokenTokenizer, train_byte_level_bpe  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = kazqad_arg_parser(__doc__)
     parser.add_argument("--vocab_size", type=int, default=8192,
                         help=f"BPE vocabulary size, 257 to {UINT16_VOCAB} (uint16 ids)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not 257 <= args.vocab_size <= UINT16_VOCAB:
         raise UserError(f"--vocab_size={args.vocab_size} is out of range: a byte-level BPE needs at least 257 "
                         f"entries, and uint16 token files hold at most {UINT16_VOCAB}")
@@ -46,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

@@ -20,8 +20,8 @@ from kazgpt.kazqad import kazqad_arg_parser, load_kazqad_text  # noqa: E402
 from kazgpt.tokenizer import CharTokenizer  # noqa: E402
 
 
-def main() -> None:
-    args = kazqad_arg_parser(__doc__).parse_args()
+def main(argv: list[str]) -> None:
+    args = kazqad_arg_parser(__doc__).parse_args(argv)
     out_dir = dataset_out_dir(args.out_dir, __file__)
     train_docs, val_docs, how = load_kazqad_text(args.source, args.nq_translate, args.nq_source)
     print(how)
@@ -31,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

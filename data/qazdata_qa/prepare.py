@@ -41,7 +41,7 @@ def load_tokenizer(name: str) -> tuple:
     return tokenizer, {"tokenizer.json": tokenizer_json}
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = kazqad_arg_parser(__doc__)
     parser.add_argument("--tokenizer", default="data/qazdata_bpe", help="a prepared dataset folder, or gpt2")
     parser.add_argument("--block_size", type=int, default=128, help="tokens an example may take (prompt and answer)")
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--question_loss", action="store_true",
                         help="train examples count the loss on the question's tokens too (val: answers only)")
     parser.add_argument("--seed", type=int, default=0, help="picks the cloze sentences and spans, and the order")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.block_size < 32 or args.cloze < 0:
         raise UserError("--block_size must be at least 32 and --cloze 0 or more")
     if args.nq_translate or args.nq_source:
@@ -75,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))
