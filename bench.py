@@ -195,7 +195,7 @@ def full_val_loss(state_dict: dict, model_args: dict, val_path: Path) -> float:
     # nanoGPT's checkpoints name only its own fields: the rest are GPTConfig's defaults (GPT-2's, exact GELU)
     args = {k: v for k, v in model_args.items() if k in GPTConfig.__dataclass_fields__}
     weights = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
-    model = model_from_checkpoint({"model_args": args, "model": weights}, val_path).eval()
+    model = model_from_checkpoint({"model_args": args, "model": weights}).eval()
     val = torch.from_numpy(np.fromfile(val_path, dtype=np.uint16).astype(np.int64))
     T = args["block_size"]
     n = (len(val) - 1) // T

@@ -66,13 +66,13 @@ def newest_checkpoint(folder: Path, prefer: Optional[str] = None) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime_ns)
 
 
-def model_from_checkpoint(ckpt: dict, path: Path, **overrides) -> GPT:
+def model_from_checkpoint(ckpt: dict, path: Optional[Path] = None, **overrides) -> GPT:
     """The GPT a checkpoint holds (overrides such as dropout replace its model arguments)."""
     try:
         model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:  # arguments or weights of another shape
-        raise UserError(f"the model in {path} does not load ({str(e).strip().splitlines()[0][:160]}): it is "
+        raise UserError(f"the model in {path or 'the checkpoint'} does not load ({str(e).strip().splitlines()[0][:160]}): it is "
                         "damaged or from another version of this repo") from None
     return model
 

@@ -31,6 +31,9 @@ def run_main(main: Callable[[list[str]], Optional[int]], argv: Optional[list[str
         if not isinstance(e, MemoryError) and not any(mark in str(e) for mark in OUT_OF_MEMORY):
             raise
         message = f"out of memory ({type(e).__name__}): {memory_hint}"
+    except BrokenPipeError:  # the reader went away (`python sample.py | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         if e.errno not in DISK_FULL:
             raise
@@ -38,9 +41,6 @@ def run_main(main: Callable[[list[str]], Optional[int]], argv: Optional[list[str
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return 130
-    except BrokenPipeError:  # the reader went away (`python sample.py | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     print(f"error: {message}", file=sys.stderr, flush=True)
     return 2
 

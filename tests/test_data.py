@@ -157,6 +157,7 @@ def test_finetune_local_gpt2(kazqad_src, tmp_path):
     import torch
 
     from kazgpt.checkpoint import load_checkpoint, model_from_checkpoint
+    from kazgpt.engine import generate
     from kazgpt.tokenizer import tokenizer_from_spec
 
     ckpt = load_checkpoint(out / "best.pt")
@@ -164,7 +165,7 @@ def test_finetune_local_gpt2(kazqad_src, tmp_path):
     prompt = torch.tensor([tokenizer_from_spec(ckpt["tokenizer"]).encode("Қазақстан")])
     assert pipe.tokenizer("Қазақстан", return_tensors="pt").input_ids.tolist() == prompt.tolist()
     theirs = pipe.model.generate(prompt, max_new_tokens=8, do_sample=False)
-    assert torch.equal(model.eval().generate(prompt, 8, greedy=True), theirs)
+    assert torch.equal(generate(model.eval(), prompt, 8, greedy=True), theirs)
 
 
 def test_openwebtext_prepare_local_formats(tmp_path):

@@ -128,7 +128,7 @@ def test_export_round_trip(trained_char, tmp_path, kind):
     theirs = pipe(prompt, max_new_tokens=20, do_sample=False, return_full_text=True)[0]["generated_text"]
     assert theirs == ours, (theirs, ours)
     refused = run("export_hf.py", f"--out_dir={out}", f"--export_dir={folder}", check=False)
-    assert refused.returncode == 2 and "not empty" in refused.stderr
+    assert refused.returncode == 2 and "exists" in refused.stderr
 
 
 def test_plot(trained_char, tmp_path):
