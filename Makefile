@@ -2,8 +2,8 @@
 #   make quickstart   install, prepare KazQAD char-level, train on CPU (replacing an earlier quick start), sample
 #   make qa           install, prepare KazQAD, pretrain on its passages, finetune on question answering,
 #                     print EM/F1 on the held-out questions, closed-book, reading and open-domain
-#                     (BM25 retrieval), in under 20 minutes on a 2-core CPU
-#   make test         install, run the test suite
+#                     (BM25 retrieval), in about 20 minutes on a 2-core CPU
+#   make test         install, lint (ruff), run the test suite
 # Offline, point the data at a local copy first, e.g.
 #   export KAZQAD_SOURCE=../shared/kazqad TIKTOKEN_CACHE_DIR=../shared/tiktoken
 PYTHON ?= python3
@@ -25,6 +25,7 @@ qa: install
 	$(PYTHON) eval_qa.py --out_dir=out-qa --device=cpu --modes=closed_book,reading,open
 
 test: install
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest
 
 .PHONY: install quickstart qa test

@@ -235,18 +235,11 @@ def run_quick_start(name: str, cmd: list[str], cwd: Path, out_dir: Path, first_l
         raise UserError(f"{name}'s run failed (exit {proc.returncode}): {last[0]}")
     steps_ms = step_milliseconds(proc.stdout, first_logged_step)
     checkpoints = sorted(out_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    if not steps_ms or not checkpoints:
-        raise UserError(f"{name}'s train.py ran but logged no 'iter N: ... time Xms' lines or saved no checkpoint: "
-                        "it is not the train.py expected (pass a current nanoGPT checkout)")
     curve = []
     for path in checkpoints:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            it = int(ckpt["iter_num"])
-            loss = full_val_loss(ckpt["model"], ckpt["model_args"], val_path)
-        except Exception as e:  # a checkpoint of another train.py than the one expected
-            raise UserError(f"{name}'s checkpoint at an eval could not be scored ({type(e).__name__}: "
-                            f"{str(e)[:120]}): pass a current nanoGPT checkout") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        it = int(ckpt["iter_num"])
+        loss = full_val_loss(ckpt["model"], ckpt["model_args"], val_path)
         curve.append({"iter": it, "train_s": sum(steps_ms[:it]) / 1000, "full_val_loss": loss})
     dtype = re.search(r"^device \S+, dtype (\w+)", proc.stdout, re.M)  # this repo's line; nanoGPT prints none
     return {"wall_s": wall, "train_s": sum(steps_ms) / 1000, "median_ms": statistics.median(steps_ms),
@@ -303,9 +296,6 @@ def nanogpt_step(nanogpt_copy: Path, config: dict) -> tuple:
             module = importlib.import_module("nanogpt_model")
             model = module.GPT(module.GPTConfig(**config, bias=False, dropout=0.0))
             optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
-    except (Exception, SystemExit) as e:  # foreign code: whatever it raises means it is not the nanoGPT expected
-        raise UserError(f"the checkout's model.py is not nanoGPT's as of 2023 or later ({type(e).__name__}: "
-                        f"{str(e)[:120]}): pass a current nanoGPT checkout") from None
     finally:
         sys.path.remove(str(nanogpt_copy))
 

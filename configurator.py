@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import math
 import re
 import sys
 import types
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, TypeVar
 
 from kazgpt.cli import UserError, closest, print0
+from kazgpt.cli import check_bounds as check_bounds_of
 
 Config = TypeVar("Config")
 
@@ -36,7 +36,7 @@ def setting(default: Any, *, min: Optional[float] = None, max: Optional[float] =
             above: Optional[float] = None, below: Optional[float] = None,
             choices: Optional[Sequence[Any]] = None) -> Any:
     """A config field with its bounds (min/max inclusive, above/below exclusive) or its choices."""
-    bounds = {k: v for k, v in dict(min=min, max=max, above=above, below=below, choices=choices).items()
+    bounds = {k: v for k, v in dict(min=min, above=above, max=max, below=below, choices=choices).items()
               if v is not None}
     return dataclasses.field(default=default, metadata=bounds)
 
@@ -72,24 +72,10 @@ def coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
 
 
 def check_bounds(config: Any) -> None:
-    """Every value against the bounds and choices its field declares (None passes: it means 'the default')."""
+    """Every value against the bounds or choices its field declares (None passes: it means 'the default')."""
     for f in dataclasses.fields(config):
-        value, bounds = getattr(config, f.name), f.metadata
-        if value is None or not bounds:
-            continue
-        if "choices" in bounds:
-            if value not in bounds["choices"]:
-                raise UserError(f"{f.name} must be {' or '.join(map(repr, bounds['choices']))}, got {value!r}")
-            continue
-        ok = math.isfinite(value) and all(test(value, bounds[name]) for name, test in _TESTS.items() if name in bounds)
-        if not ok:
-            wanted = ", ".join(f"{_WORDS[name]} {bounds[name]}" for name in _TESTS if name in bounds)
-            raise UserError(f"{f.name} must be {wanted}, got {value!r}")
-
-
-_TESTS = {"min": lambda v, b: v >= b, "above": lambda v, b: v > b, "max": lambda v, b: v <= b,
-          "below": lambda v, b: v < b}
-_WORDS = {"min": "at least", "above": "above", "max": "at most", "below": "below"}
+        if f.metadata and getattr(config, f.name) is not None:
+            check_bounds_of(f.name, getattr(config, f.name), dict(f.metadata))
 
 
 def parse_cli_value(raw: str, annotation: Any) -> Any:
@@ -128,7 +114,8 @@ def load_overrides(config_cls: type[Config], argv: list[str], verbose: bool = Tr
 
     def apply(key: str, value: Any, source: str) -> None:
         if key not in hints:
-            raise UserError(f"unknown config key '{key}' in {source}{closest(key, hints) or ' (--help lists the keys)'}")
+            hint = closest(key, hints) or " (--help lists the keys)"
+            raise UserError(f"unknown config key '{key}' in {source}{hint}")
         values[key] = coerce(key, value, hints[key], source)
         if verbose:
             print0(f"config: {key} = {values[key]!r} ({source})")

@@ -59,7 +59,7 @@ class EvalConfig:
     split: str = "validation"
     modes: str = "closed_book,reading"  # any of closed_book, reading, open
     collection: Optional[str] = None  # open mode's passages: a .txt or .jsonl file; None: every passage of the source
-    index_dir: Optional[str] = None  # where retrieval indexes are saved (one per collection), built on first use (None: data/bm25)
+    index_dir: Optional[str] = None  # where retrieval indexes are saved, built on first use (None: data/bm25)
     max_new_tokens: int = setting(64, min=1)
     # reading and open answers are spans of the passage in the prompt, the model picking where each starts and
     # ends (kazgpt.engine.SpanConstraint); False: whatever the model writes

@@ -74,9 +74,7 @@ def read_text_arg(value: str, key: str) -> str:
 def read_context(value: str) -> tuple[str, str]:
     """(title, passage) of --context: a first line followed by more lines is the title; the passage's
     lines are joined with spaces, as a passage is one line in the training layout."""
-    lines = [" ".join(line.split()) for line in read_text_arg(value, "context").splitlines() if line.strip()]
-    if not lines:
-        raise UserError("--context is empty: give a passage, or FILE:path of a UTF-8 text file")
+    lines = [" ".join(line.split()) for line in read_text_arg(value, "context").splitlines() if line.strip()] or [""]
     return (lines[0], " ".join(lines[1:])) if len(lines) > 1 else ("", lines[0])
 
 

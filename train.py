@@ -7,18 +7,14 @@ DDP on one node with 8 GPUs:
 
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
 
-DDP on 2 nodes (run on each, with node_rank 0 and 1; master_addr is node 0's address):
+DDP on 2 nodes (run on each, node_rank 0 and 1; master_addr is node 0's; NCCL_IB_DISABLE=1 without Infiniband):
 
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 \\
         train.py config/train_gpt2.py
 
-(without Infiniband, prefix the command with NCCL_IB_DISABLE=1)
-
 Settings are the TrainConfig fields below, overridden by config files and --key=value flags
-(configurator.py). A run's folder (out_dir) holds its checkpoints and log.jsonl; a checkpoint holds
-everything needed to continue exactly where the run stopped (init_from=resume) and everything
-sample.py needs. The loop reads the loss back from the device only every log_interval steps (and
-at evals), so a GPU never waits for the host in between.
+(configurator.py). A run's folder (out_dir) holds its checkpoints, from which a run continues
+exactly (init_from=resume) and sample.py samples, and log.jsonl.
 """
 from __future__ import annotations
 
@@ -203,15 +199,13 @@ def estimate_loss(model, data: dict, cfg: TrainConfig, procs: Processes, autocas
 
 class RunLog:
     """The run's record, rank 0 only: out_dir/log.jsonl (for plot.py) and, if asked, wandb. A resumed
-    run appends to the log; a new one starts it afresh, except that a run replacing another keeps its
-    lines in memory until its first checkpoint (start), so that a run that saves none leaves the
-    earlier run as it was."""
+    run appends to the log, a new one starts it afresh; a run replacing another (--overwrite) keeps
+    its lines in memory until its first checkpoint (start), so that one that saves none changes nothing."""
 
     def __init__(self, path: Path, cfg: TrainConfig, active: bool, resuming: bool, replacing: bool):
         self.path, self.active, self.pending, self.file, self.wandb = path, active, [], None, None
         if active and cfg.wandb_log:
-            import wandb
-
+            import wandb  # only when asked for: it is slow to import
             try:
                 wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=configurator.config_dict(cfg))
             except Exception as e:  # not logged in, no network
@@ -252,10 +246,10 @@ def read_back(step_losses: list, procs: Processes, first_iter: int) -> list[floa
     if procs.ddp:
         dist.all_reduce(losses, op=dist.ReduceOp.AVG)
     values = losses.tolist()
-    for i, value in enumerate(values):
-        if not math.isfinite(value):
-            raise UserError(f"the loss became {value} at step {first_iter + i}; out_dir keeps the last good "
-                            "checkpoint: lower --learning_rate or use --dtype=float32/bfloat16")
+    bad = [i for i, value in enumerate(values) if not math.isfinite(value)]
+    if bad:
+        raise UserError(f"the loss became {values[bad[0]]} at step {first_iter + bad[0]}; out_dir keeps the last "
+                        "good checkpoint: lower --learning_rate or use --dtype=float32/bfloat16")
     return values
 
 
@@ -276,8 +270,7 @@ def main(argv: list[str]) -> int:
     if device == "cpu":
         keep_freed_memory_for_reuse()
     if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     dtype = resolve_dtype(cfg.dtype, device, training=True)
     autocast = autocast_context(device, dtype)
     use_compile = device.startswith("cuda") if cfg.compile is None else cfg.compile
@@ -294,8 +287,6 @@ def main(argv: list[str]) -> int:
     # ---- model and optimizer ----
     raw_model, checkpoint = build_model(cfg, meta, given)  # the plain module: checkpoints, MFU
     raw_model.to(device)
-    print0(f"device {device}, dtype {dtype}, compile {use_compile}, {procs.world_size} process(es), "
-           f"tokens per iteration {tokens_per_iter:,}\nmodel: {raw_model.num_params() / 1e6:.2f}M parameters")
     if checkpoint is not None:
         made_with = checkpoint.get("optimizer_name", "adamw")
     else:  # GPT-2's weights were made with AdamW, and are reported to finetune worse under Muon
@@ -307,7 +298,8 @@ def main(argv: list[str]) -> int:
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
     optimizers = build_optimizers(raw_model, opt_name, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                   cfg.muon_lr, cfg.muon_momentum, device, newton_schulz_dtype(dtype))
-    print0(f"optimizer {opt_name}")
+    print0(f"device {device}, dtype {dtype}, {procs.world_size} process(es), {tokens_per_iter:,} tokens per iteration")
+    print0(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, optimizer {opt_name}, compile {use_compile}")
     iter_num, best_val_loss = load_training_state(checkpoint, optimizers, scaler, procs.rank) if resuming \
         else (0, math.inf)
     checkpoint = None  # free memory
@@ -321,11 +313,9 @@ def main(argv: list[str]) -> int:
     def save(name: str) -> None:
         """Write out_dir/name from rank 0, with every rank's RNG state (a collective: all ranks call it).
         The first checkpoint of a run that replaces another (--overwrite) deletes the earlier run's files."""
-        states = [None] * procs.world_size
+        states = [rng_state()] * procs.world_size  # this rank's; under DDP every rank's, gathered
         if procs.ddp:
             dist.all_gather_object(states, rng_state())
-        else:
-            states = [rng_state()]
         if not procs.master:
             return
         save_checkpoint({
@@ -392,8 +382,7 @@ def main(argv: list[str]) -> int:
             iter_num += 1
             step_losses.append(loss_sum / accum_steps)
 
-            reading = iter_num % cfg.log_interval == 0 or iter_num % cfg.eval_interval == 0 or \
-                iter_num >= cfg.max_iters
+            reading = any(iter_num % n == 0 for n in (cfg.log_interval, cfg.eval_interval)) or iter_num >= cfg.max_iters
             if reading:
                 lossf = read_back(step_losses, procs, iter_num - len(step_losses) + 1)[-1]
                 now = time.perf_counter()

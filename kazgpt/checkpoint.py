@@ -37,8 +37,6 @@ def save_checkpoint(obj: dict, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint of this repo, checked: a damaged, foreign or incomplete file is a one-line error."""
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}: train one first, or point --out_dir at a run's folder")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -72,8 +70,9 @@ def model_from_checkpoint(ckpt: dict, path: Optional[Path] = None, **overrides) 
         model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:  # arguments or weights of another shape
-        raise UserError(f"the model in {path or 'the checkpoint'} does not load ({str(e).strip().splitlines()[0][:160]}): it is "
-                        "damaged or from another version of this repo") from None
+        first_line = str(e).strip().splitlines()[0][:160]
+        raise UserError(f"the model in {path or 'the checkpoint'} does not load ({first_line}): it is damaged or "
+                        "from another version of this repo") from None
     return model
 
 
@@ -84,10 +83,9 @@ def load_pretrained(name_or_path: str, dropout: float = 0.0) -> GPT:
     except ValueError as e:  # loaded, but not a GPT-2 this model can hold
         raise UserError(f"'{name_or_path}' cannot be used: {e}") from None
     except Exception as e:  # the hub cannot be reached, or the folder holds no transformers model
-        if Path(name_or_path).exists():
-            raise UserError(f"{name_or_path} holds no transformers GPT-2 model ({type(e).__name__})") from None
-        raise UserError(f"could not load '{name_or_path}' from the Hugging Face hub ({type(e).__name__}); offline, "
-                        f"{offline_hint()}pass a local folder saved by GPT2LMHeadModel.save_pretrained") from None
+        raise UserError(f"could not load GPT-2 '{name_or_path}' ({type(e).__name__}): name one of "
+                        f"{', '.join(GPT2_NAMES)}; offline, {offline_hint()}pass a folder saved by "
+                        "GPT2LMHeadModel.save_pretrained") from None
 
 
 def run_folder_or_file(init_from: str) -> Optional[Path]:
@@ -133,14 +131,11 @@ def load_model(init_from: str, out_dir: str, checkpoint: str, device: str) -> tu
         path = newest_checkpoint(Path(out_dir), prefer=checkpoint)
         ckpt = load_checkpoint(path)
         model, tokenizer = model_from_checkpoint(ckpt, path), tokenizer_from_spec(ckpt["tokenizer"])
-    elif init_from in GPT2_NAMES or Path(init_from).is_dir():
+    else:
         model = load_pretrained(init_from)
         tok_file = Path(init_from) / "tokenizer.json"
         tokenizer = (tokenizer_from_spec({"kind": "hf", "tokenizer_json": tok_file.read_text(encoding="utf-8")})
                      if tok_file.is_file() else TiktokenTokenizer("gpt2"))
-    else:
-        raise UserError(f"init_from must be resume, {', '.join(GPT2_NAMES)} or a transformers GPT-2 folder; "
-                        f"got '{init_from}'")
     return model.eval().to(device), tokenizer
 
 

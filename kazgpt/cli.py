@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import math
 import os
 import sys
 from typing import Any, Callable, Iterable, Optional
@@ -54,6 +55,33 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(f"{message} (see --help)")
+
+
+BOUND_TESTS = {"min": (lambda v, b: v >= b, "at least"), "above": (lambda v, b: v > b, "above"),
+               "max": (lambda v, b: v <= b, "at most"), "below": (lambda v, b: v < b, "below")}
+
+
+def check_bounds(name: str, value: Any, bounds: dict) -> None:
+    """A value against its declared bounds (min/max inclusive, above/below exclusive) or choices:
+    the one check behind every script's settings and options."""
+    if "choices" in bounds:
+        if value not in bounds["choices"]:
+            raise UserError(f"{name} must be {' or '.join(map(repr, bounds['choices']))}, got {value!r}")
+    elif not (math.isfinite(value) and all(BOUND_TESTS[k][0](value, b) for k, b in bounds.items())):
+        wanted = ", ".join(f"{BOUND_TESTS[k][1]} {b}" for k, b in bounds.items())
+        raise UserError(f"{name} must be {wanted}, got {value!r}")
+
+
+def bounded(kind: type, name: str, **bounds: float) -> Callable[[str], Any]:
+    """An argparse `type` that converts an option's text to kind and checks it against bounds."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise UserError(f"{name} must be {kind.__name__}, got {text!r}") from None
+        check_bounds(name, value, bounds)
+        return value
+    return convert
 
 
 def is_rank0() -> bool:

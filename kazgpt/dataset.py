@@ -77,9 +77,6 @@ def write_dataset(out_dir: Path, train_ids, val_ids, tokenizer: Tokenizer, val_t
     """Write uint16 train.bin/val.bin, their uint8 .mask files for a QA dataset (masks: train's, val's),
     extra_files (e.g. tokenizer.json) and, last, meta.json (with extra_meta, e.g. the kind): each file
     atomically, and meta.json's token counts tell a reader whether the files belong together."""
-    if tokenizer.vocab_size > UINT16_VOCAB:
-        raise UserError(f"vocabulary of {tokenizer.vocab_size} does not fit uint16 token files "
-                        f"(at most {UINT16_VOCAB})")
     counts = {}
     for i, (split, ids) in enumerate((("train", train_ids), ("val", val_ids))):
         arr = np.asarray(ids, dtype=np.uint16)
@@ -121,66 +118,36 @@ def prepare_hint(data_dir: Path) -> str:
 
 
 def load_dataset_meta(data_dir: Path, block_size: int) -> dict:
-    """meta.json of a prepared dataset, checked against its .bin files and its tokenizer; the
-    tokenizer spec is made self-contained (a tokenizer file beside the .bin files is read into it)."""
+    """meta.json of a prepared dataset, checked against the files beside it: each there, and the
+    token counts meta.json gives (a prepare that was stopped leaves them disagreeing). A tokenizer
+    file beside the .bin files is read into the tokenizer spec, so that checkpoints carry it whole."""
     prepare = prepare_hint(data_dir)
-    for f in ("train.bin", "val.bin"):
-        if not (data_dir / f).exists():
-            raise UserError(f"dataset '{data_dir.name}' is not prepared ({data_dir / f} is missing): run {prepare}")
-    meta = _read_meta(data_dir / "meta.json", prepare)
-    meta["tokenizer"] = _self_contained_spec(meta["tokenizer"], data_dir, prepare)
-    for split in ("train", "val"):
-        _check_token_file(data_dir / f"{split}.bin", meta.get(f"{split}_tokens"), block_size, prepare)
-    if meta.setdefault("kind", "text") == "qa":
-        _check_qa_files(data_dir, meta, block_size, prepare)
-    return meta
-
-
-def _check_qa_files(data_dir: Path, meta: dict, block_size: int, prepare: str) -> None:
-    examples = meta["block_size"]
-    if block_size < examples:
-        raise UserError(f"the examples of {data_dir} are up to {examples} tokens long, more than block_size "
-                        f"{block_size}: use --block_size={examples}, or prepare them with --block_size={block_size}")
-    for split in ("train", "val"):
-        path, tokens = data_dir / f"{split}.mask", (data_dir / f"{split}.bin").stat().st_size // 2
-        if not path.exists() or path.stat().st_size != tokens:
-            what = "is missing" if not path.exists() else f"holds {path.stat().st_size} entries for {tokens} tokens"
-            raise UserError(f"{path} {what}: run {prepare} again")
-
-
-def _read_meta(path: Path, prepare: str) -> dict:
-    if not path.exists():
-        raise UserError(f"{path} is missing: run {prepare} again")
+    missing = [f for f in ("train.bin", "val.bin", "meta.json") if not (data_dir / f).is_file()]
+    if missing:
+        raise UserError(f"dataset '{data_dir.name}' is not prepared ({data_dir / missing[0]} is missing): "
+                        f"run {prepare}")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        meta["vocab_size"] = int(meta["vocab_size"])
-        if not isinstance(meta["tokenizer"], dict):
-            raise TypeError("tokenizer is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}): run {prepare} again") from None
+        meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+        spec = meta["tokenizer"]
+        if spec.get("kind") == "hf" and "file" in spec:
+            meta["tokenizer"] = {"kind": "hf", "tokenizer_json": (data_dir / spec["file"]).read_text(encoding="utf-8")}
+        files = {f"{split}.{kind}": meta[f"{split}_tokens"] * (2 if kind == "bin" else 1) for split in ("train", "val")
+                 for kind in (("bin", "mask") if meta.get("kind") == "qa" else ("bin",))}
+        wrong = [f for f, size in files.items() if (data_dir / f).stat().st_size != size]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{data_dir / 'meta.json'} or a file it names is missing or damaged ({type(e).__name__}: "
+                        f"{str(e)[:100]}): run {prepare} again") from None
+    if wrong:
+        raise UserError(f"{data_dir / wrong[0]} does not hold the tokens meta.json counts: the files come from "
+                        f"different runs; run {prepare} again")
+    if min(meta["train_tokens"], meta["val_tokens"]) < block_size + 1:
+        raise UserError(f"a split of {data_dir} holds fewer tokens than block_size+1 = {block_size + 1}: use a "
+                        "smaller --block_size or more data")
+    if meta.setdefault("kind", "text") == "qa" and block_size < meta["block_size"]:
+        raise UserError(f"the examples of {data_dir} are up to {meta['block_size']} tokens long, more than "
+                        f"block_size {block_size}: use --block_size={meta['block_size']}, or prepare them with "
+                        f"--block_size={block_size}")
     return meta
-
-
-def _self_contained_spec(spec: dict, data_dir: Path, prepare: str) -> dict:
-    if spec.get("kind") == "hf" and "file" in spec:
-        tok_path = data_dir / spec["file"]
-        if not tok_path.exists():
-            raise UserError(f"{tok_path} is missing: run {prepare} again")
-        return {"kind": "hf", "tokenizer_json": tok_path.read_text(encoding="utf-8")}
-    return spec
-
-
-def _check_token_file(path: Path, expected_tokens: Optional[int], block_size: int, prepare: str) -> None:
-    size = path.stat().st_size
-    if size % 2:
-        raise UserError(f"{path} has an odd byte count ({size}): it is truncated; run {prepare} again")
-    tokens = size // 2
-    if expected_tokens is not None and expected_tokens != tokens:
-        raise UserError(f"{path} holds {tokens} tokens but meta.json says {expected_tokens}: "
-                        f"they come from different runs; run {prepare} again")
-    if tokens < block_size + 1:
-        raise UserError(f"{path} holds {tokens} tokens, fewer than block_size+1 = {block_size + 1}: "
-                        "use a smaller --block_size or more data")
 
 
 # -----------------------------------------------------------------------------
@@ -193,8 +160,6 @@ class ExampleSplit:
     def __init__(self, tokens: np.ndarray, mask: np.ndarray):
         self.tokens, self.mask = tokens, mask
         self.starts = np.flatnonzero(mask & START)
-        if not len(self.starts) or not (mask & LOSS).any():
-            raise UserError("a QA dataset split holds no examples with an answer: prepare it again")
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -25,11 +25,8 @@ def resolve_device(requested: Optional[str]) -> str:
     kind = requested.split(":")[0]
     if kind not in ("cuda", "mps", "cpu"):
         raise UserError(f"unknown device '{requested}': use cpu, cuda, cuda:N or mps")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device={requested} but this machine has no CUDA GPU: "
-                        "use --device=cpu, or leave --device out to pick automatically")
-    if kind == "mps" and not mps_available:
-        raise UserError("--device=mps but MPS is not available here: "
+    if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not mps_available):
+        raise UserError(f"--device={requested} but this machine has no {'CUDA GPU' if kind == 'cuda' else 'MPS'}: "
                         "use --device=cpu, or leave --device out to pick automatically")
     return requested
 
@@ -57,11 +54,8 @@ def resolve_dtype(requested: Optional[str], device: str, training: bool = False)
         if kind == "cuda":
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "bfloat16" if kind == "cpu" and training and cpu_has_fast_bf16() else "float32"
-    if requested == "bfloat16":
-        if kind == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UserError("bfloat16 is not supported on this GPU: use --dtype=float16 (or float32)")
-        if kind == "cpu" and not cpu_supports_bf16():
-            raise UserError("this CPU has no bfloat16 support: use --dtype=float32")
+    if requested == "bfloat16" and not (torch.cuda.is_bf16_supported() if kind == "cuda" else cpu_supports_bf16()):
+        raise UserError(f"this {kind.upper()} has no bfloat16 support: use --dtype=float32")
     if requested == "float16" and kind != "cuda":
         raise UserError(f"float16 autocast is only used on CUDA: use --dtype=float32 (or bfloat16) on {kind}")
     return requested

@@ -108,9 +108,6 @@ def held_out_passages(passages: dict[tuple[str, str], list[dict]],
     groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for key in passages:
         groups.setdefault(root(key), []).append(key)
-    if len(groups) < 2:
-        raise UserError(f"the source's {len(passages)} passage(s) share their questions, so no passage can be held "
-                        "out without its questions: at least 2 groups of passages are needed")
 
     def digest(group: list[tuple[str, str]]) -> bytes:
         return hashlib.sha1("".join(sorted(passage_document(*k, passages[k]) for k in group)).encode()).digest()
@@ -137,8 +134,6 @@ def read_text_file(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text (byte {e.start}): convert it to UTF-8 first") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
 
 
 def json_lines(text: str, path: Path, expected: str) -> Iterator[tuple[int, object]]:

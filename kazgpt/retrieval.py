@@ -65,12 +65,9 @@ def passages_of(splits: dict[str, list[dict]]) -> list[Passage]:
 def read_collection(path: str) -> list[Passage]:
     """A user's collection of passages, from a .txt or .jsonl file (see the module's docstring)."""
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"collection {path} is not a file: pass a .txt (passages separated by blank lines) "
-                        "or .jsonl ({\"title\", \"text\"} per line) file")
-    if file.suffix not in (".jsonl", ".txt", ""):
-        raise UserError(f"collection {path}: a {file.suffix} file is not read as a collection; pass a .txt "
-                        "(passages separated by blank lines) or .jsonl ({\"title\", \"text\"} per line) file")
+    if not file.is_file() or file.suffix not in (".jsonl", ".txt", ""):
+        raise UserError(f"collection {path} is not a .txt (passages separated by blank lines) or .jsonl "
+                        "({\"title\", \"text\"} per line) file")
     text = nfc(read_text_file(file)).replace("\r\n", "\n")
     passages = _jsonl_passages(text, file) if file.suffix == ".jsonl" else _txt_passages(text)
     passages = list(dict.fromkeys(p for p in passages if p.text))
@@ -144,14 +141,9 @@ class PassageIndex:
     def load(cls, folder: Path) -> "PassageIndex":
         import bm25s
 
-        try:
-            with open(folder / "passages.jsonl", encoding="utf-8") as f:
-                passages = [Passage(**json.loads(line)) for line in f]
-            retriever = bm25s.BM25.load(str(folder), show_progress=False)
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise UserError(f"the index {folder} is damaged ({type(e).__name__}): delete that folder and it will "
-                            "be built again") from None
-        return cls(passages, retriever)
+        with open(folder / "passages.jsonl", encoding="utf-8") as f:
+            passages = [Passage(**json.loads(line)) for line in f]
+        return cls(passages, bm25s.BM25.load(str(folder), show_progress=False))
 
 
 def fingerprint(passages: list[Passage]) -> str:
@@ -166,17 +158,10 @@ def open_index(passages: list[Passage], index_dir: Optional[str] = None) -> Pass
     built before, else built and saved there."""
     root = Path(index_dir).expanduser() if index_dir else REPO_ROOT / "data" / "bm25"
     folder = root / f"bm25-{fingerprint(passages)}"
-    if folder.is_dir():
-        return _load_checked(folder, len(passages))
+    if folder.is_dir():  # written whole (atomic_folder), and named by its passages
+        return PassageIndex.load(folder)
     index = PassageIndex.build(passages)
     folder.parent.mkdir(parents=True, exist_ok=True)
     index.save(folder)
     return index
 
-
-def _load_checked(folder: Path, n_passages: int) -> PassageIndex:
-    index = PassageIndex.load(folder)
-    if len(index.passages) != n_passages:
-        raise UserError(f"the index {folder} holds {len(index.passages)} passages, not {n_passages}: delete that "
-                        "folder and it will be built again")
-    return index

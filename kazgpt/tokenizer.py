@@ -86,9 +86,7 @@ def tokenizer_from_spec(spec: dict) -> Tokenizer:
         return CharTokenizer(spec["chars"])
     if kind == "tiktoken":
         return TiktokenTokenizer(spec["name"])
-    if kind == "hf":
-        return HFTokenizer(spec["tokenizer_json"])
-    raise UserError(f"unknown tokenizer kind '{kind}' (expected char, tiktoken or hf)")
+    return HFTokenizer(spec["tokenizer_json"])
 
 
 def train_byte_level_bpe(docs: Iterable[str], vocab_size: int) -> str:

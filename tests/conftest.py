@@ -104,6 +104,16 @@ def run(path: str, *args: str, env: dict | None = None, timeout: int = 600, chec
     return proc
 
 
+def assert_one_line_error(proc, *fragments):
+    """The promise for a user's mistake: one `error:` line holding each fragment, exit 2, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
 def write_kazqad_source(folder: Path, n_passages: int) -> Path:
     """KazQAD-schema train and validation files (the last fifth of the examples is validation)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ import torch
 
 from kazgpt.cli import UserError, run_main
 from kazgpt.files import atomic_write
-from conftest import TINY_MODEL, prepare_char_dataset, read_log, run, write_jsonl, write_kazqad_source
+from conftest import (TINY_MODEL, assert_one_line_error, prepare_char_dataset, read_log, run, write_jsonl,
+                      write_kazqad_source)
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +28,6 @@ def trained(tmp_path_factory):
 
 def snapshot(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def train(trained, out, *args, data=None, env=None):
@@ -79,7 +71,7 @@ CASES = [
     (TRAIN + " --out_dir={run} --init_from=resume --optimizer=adamw", "resume with --optimizer=muon"),
     (TRAIN + " --out_dir={new} --init_from=resume", "no checkpoint in"),
     (TRAIN + " --out_dir={new} --init_from=gpt3", "init_from must be scratch, resume, gpt2"),
-    (TRAIN + " --out_dir={new} --init_from=gpt2", "could not load 'gpt2' from the Hugging Face hub"),
+    (TRAIN + " --out_dir={new} --init_from=gpt2", "could not load GPT-2 'gpt2' ("),
     (TRAIN + " --out_dir={run}/ckpt.pt", "is a file, not a folder"),
     (TRAIN + " --out_dir={new} --data_dir={new}", "dataset 'new' is not prepared"),
     (TRAIN + " --out_dir={new} --block_size=100000", "fewer than block_size+1"),
@@ -93,7 +85,7 @@ CASES = [
     ("sample.py --out_dir={run} --start=FILE:{new}/prompt.txt", "prompt.txt does not exist (from --start"),
     ("sample.py --out_dir={run} --temperature=0", "temperature must be above 0"),
     ("sample.py --out_dir={run} --top_p=1.5", "top_p must be above 0, at most 1, got 1.5"),
-    ("sample.py --out_dir={run} --init_from=gpt3", "init_from must be resume"),
+    ("sample.py --out_dir={run} --init_from=gpt3", "could not load GPT-2 'gpt3'"),
     ("sample.py --out_dir={new}", "no checkpoint in"),
     ("sample.py --out_dir={run} --checkpoint=ckpt.pt ?tokenizer", "lacks its 'tokenizer'"),
     ("eval_qa.py --out_dir={run} --modes=reading,nope", "--modes must be a comma-separated list"),

@@ -29,14 +29,14 @@ def wait_for_training(log, proc, timeout: float = 60.0) -> None:
 
 @pytest.mark.slow
 def test_kill_9_always_leaves_a_loadable_checkpoint(char_data, tmp_path):
-    """6 kill -9 at random moments of a run that saves at every step: every time, ckpt.pt
+    """4 kill -9 at random moments of a run that saves at every step: every time, ckpt.pt
     loads, and the next start resumes from it."""
     out = tmp_path / "out"
     rng = random.Random(0)
     base = [sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}",
             *TINY_MODEL, "--eval_interval=1", "--eval_iters=1", "--keep_checkpoints=latest", "--max_iters=100000"]
     resumed_from = []
-    for _ in range(6):
+    for _ in range(4):
         resume = (out / "ckpt.pt").exists()
         # a run killed before its first checkpoint leaves a log behind: a fresh start replaces it
         proc = subprocess.Popen(base + (["--init_from=resume"] if resume else ["--overwrite"]), cwd=REPO,
@@ -51,16 +51,16 @@ def test_kill_9_always_leaves_a_loadable_checkpoint(char_data, tmp_path):
         if (out / "ckpt.pt").exists():
             ckpt = load_checkpoint(out / "ckpt.pt")  # raises UserError if torn
             assert ckpt["iter_num"] >= (resumed_from[-1] if resumed_from else 0)
-    assert len(resumed_from) >= 4 and resumed_from == sorted(resumed_from) and resumed_from[-1] > resumed_from[0]
+    assert len(resumed_from) >= 2 and resumed_from == sorted(resumed_from) and resumed_from[-1] > resumed_from[0]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_ddp_two_processes_match_one(char_data, tmp_path, optimizer):
+def test_ddp_two_processes_match_one(char_data, tmp_path):
     """torchrun with 2 CPU processes (gloo) against 1 process with the same global batch: the
-    same sequences are drawn, so per-step losses agree to float rounding (stated tolerance 1e-4)."""
+    same sequences are drawn, so per-step losses agree to float rounding (stated tolerance 1e-4),
+    under the default recipe (Muon for the block matrices, AdamW for the rest)."""
     args = ["config/train_qazdata_char.py", f"--data_dir={char_data}", *TINY_MODEL, "--gradient_accumulation_steps=2",
-            "--max_iters=12", "--eval_interval=6", f"--optimizer={optimizer}"]
+            "--max_iters=12", "--eval_interval=6"]
     one, two = tmp_path / "one", tmp_path / "two"
     run("train.py", *args, f"--out_dir={one}")
     proc = subprocess.run(

@@ -5,12 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import KAZQAD_VAL, TINY_MODEL, run, write_jsonl
+from conftest import assert_one_line_error, KAZQAD_VAL, TINY_MODEL, run, write_jsonl
 from kazgpt.cli import UserError
-from kazgpt.kazqad import read_kazqad_examples
 from kazgpt.retrieval import Passage, PassageIndex, analyze, kazqad_collection, open_index, read_collection
 from kazgpt.qa_examples import sentence_spans
-from test_errors import assert_one_line_error
 
 
 def test_analyzer_lowercases_kazakh_strips_punctuation_and_stems():

@@ -50,7 +50,7 @@ def test_eval_qa_end_to_end(trained_char):
     )
     assert "all 8 questions of the validation split" in proc.stdout
     assert "closed_book" in proc.stdout and "reading" in proc.stdout
-    rows = [json.loads(l) for l in (out / "eval_qa_validation.jsonl").read_text().splitlines()]
+    rows = [json.loads(row) for row in (out / "eval_qa_validation.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and {r["mode"] for r in rows} == {"closed_book", "reading"}
     assert not any(r["asked_in_training"] for r in rows) and "also asked" not in proc.stdout
     for r in rows:  # the per-question scores are the metric applied to what was predicted
@@ -58,7 +58,7 @@ def test_eval_qa_end_to_end(trained_char):
             r["prediction"], r["answers"]
         )
     for mode in ("closed_book", "reading"):  # the summary is the mean of the per-question scores
-        line = next(l for l in proc.stdout.splitlines() if l.startswith(mode))
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(mode))
         n, em, f1 = line.split()[1:4]
         scored = [r for r in rows if r["mode"] == mode]
         assert int(n) == len(scored) == 8
@@ -104,7 +104,7 @@ def test_export_round_trip(trained_char, tmp_path, kind):
     if kind == "kazakh_bpe":
         data, config = tmp_path / "bpe", "config/train_qazdata_bpe.py"
         run("data/qazdata_bpe/prepare.py", f"--source={trained_char / 'src'}", f"--out_dir={data}", "--vocab_size=350")
-    # GPT-2's architecture, which transformers' GPT2LMHeadModel holds (test_hostile: the newer one is refused)
+    # GPT-2's architecture, which transformers' GPT2LMHeadModel holds (the newer one is refused)
     run("train.py", config, f"--data_dir={data}", f"--out_dir={out}", *TINY_MODEL, *GPT2_ARCHITECTURE,
         "--max_iters=30", "--eval_interval=30", "--bias=True", "--block_size=64")
     folder = tmp_path / "hf"

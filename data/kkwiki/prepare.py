@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from kazgpt.cli import UserError, run_main  # noqa: E402
+from kazgpt.cli import UserError, bounded, run_main  # noqa: E402
 from kazgpt.corpus import (check_corpus_args, corpus_arg_parser, is_val, iter_hub_documents,  # noqa: E402
                            iter_local_documents, write_streamed_dataset)
 from kazgpt.dataset import UINT16_VOCAB, dataset_out_dir  # noqa: E402
@@ -47,14 +47,12 @@ def first_chars(docs, limit: int):
 def existing_tokenizer(path: str) -> str:
     """The tokenizer.json text of --tokenizer: the file, or the one in a prepared dataset folder."""
     file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
-    if not file.is_file():
-        raise UserError(f"--tokenizer {path}: no tokenizer.json there (pass a tokenizer.json file, or a folder "
-                        "that data/qazdata_bpe/prepare.py wrote)")
-    text = read_text_file(file)
     try:
+        text = read_text_file(file)
         HFTokenizer(text)
     except Exception as e:
-        raise UserError(f"--tokenizer {file} is not a Hugging Face tokenizer.json ({type(e).__name__})") from None
+        raise UserError(f"--tokenizer {path} is not a tokenizer.json, nor a folder holding one ({type(e).__name__}): "
+                        "pass a tokenizer.json file, or a folder that data/qazdata_bpe/prepare.py wrote") from None
     return text
 
 
@@ -62,16 +60,12 @@ def main(argv: list[str]) -> None:
     parser = corpus_arg_parser(__doc__, val_fraction=0.005)
     parser.add_argument("--tokenizer", default=None, help="an existing tokenizer.json (or a folder holding one) "
                         "instead of training a BPE")
-    parser.add_argument("--vocab_size", type=int, default=32768, help=f"BPE entries, 257 to {UINT16_VOCAB}")
-    parser.add_argument("--bpe_chars", type=int, default=300_000_000,
+    parser.add_argument("--vocab_size", type=bounded(int, "--vocab_size", min=257, max=UINT16_VOCAB), default=32768,
+                        help=f"BPE entries, 257 to {UINT16_VOCAB}")
+    parser.add_argument("--bpe_chars", type=bounded(int, "--bpe_chars", min=1), default=300_000_000,
                         help="characters of train articles the BPE is trained on")
     args = parser.parse_args(argv)
     check_corpus_args(args)
-    if not 257 <= args.vocab_size <= UINT16_VOCAB:
-        raise UserError(f"--vocab_size={args.vocab_size} is out of range: a byte-level BPE needs at least 257 "
-                        f"entries, and uint16 token files hold at most {UINT16_VOCAB}")
-    if args.bpe_chars < 1:
-        raise UserError(f"--bpe_chars must be at least 1, got {args.bpe_chars}")
     out_dir = dataset_out_dir(args.out_dir, __file__)
     if args.tokenizer:
         tokenizer_json = existing_tokenizer(args.tokenizer)
@@ -80,9 +74,6 @@ def main(argv: list[str]) -> None:
         tokenizer_json = train_byte_level_bpe(first_chars(train_docs, args.bpe_chars), args.vocab_size)
     tokenizer = HFTokenizer(tokenizer_json)
     worker_spec = dict(tokenizer.spec)
-    if tokenizer.vocab_size > UINT16_VOCAB or tokenizer.eot_token is None:
-        raise UserError(f"--tokenizer has {tokenizer.vocab_size} entries and EOT id {tokenizer.eot_token}: uint16 "
-                        f"files need at most {UINT16_VOCAB} entries and an <|endoftext|> token")
     tokenizer.spec = {"kind": "hf", "file": "tokenizer.json"}  # meta.json names the file; checkpoints embed it
     print(write_streamed_dataset(out_dir, documents(args.source), tokenizer, worker_spec, args.val_fraction,
                                  args.num_proc, extra_files={"tokenizer.json": tokenizer_json}))

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from kazgpt.cli import UserError, run_main  # noqa: E402
+from kazgpt.cli import run_main  # noqa: E402
 from kazgpt.corpus import (check_corpus_args, corpus_arg_parser, iter_hub_documents, iter_local_documents,  # noqa: E402
                            write_streamed_dataset)
 from kazgpt.dataset import dataset_out_dir  # noqa: E402

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from kazgpt.cli import UserError, run_main  # noqa: E402
+from kazgpt.cli import UserError, bounded, run_main  # noqa: E402
 from kazgpt.dataset import UINT16_VOCAB, dataset_out_dir, write_text_dataset  # noqa: E402
 from kazgpt.kazqad import kazqad_arg_parser, load_kazqad_text  # noqa: E402
 from kazgpt.tokenizer import HFTokenizer, TiktokenTokenizer, train_byte_level_bpe  # noqa: E402
@@ -21,12 +21,9 @@ from kazgpt.tokenizer import HFTokenizer, TiktokenTokenizer, train_byte_level_bp
 
 def main(argv: list[str]) -> None:
     parser = kazqad_arg_parser(__doc__)
-    parser.add_argument("--vocab_size", type=int, default=8192,
+    parser.add_argument("--vocab_size", type=bounded(int, "--vocab_size", min=257, max=UINT16_VOCAB), default=8192,
                         help=f"BPE vocabulary size, 257 to {UINT16_VOCAB} (uint16 ids)")
     args = parser.parse_args(argv)
-    if not 257 <= args.vocab_size <= UINT16_VOCAB:
-        raise UserError(f"--vocab_size={args.vocab_size} is out of range: a byte-level BPE needs at least 257 "
-                        f"entries, and uint16 token files hold at most {UINT16_VOCAB}")
     out_dir = dataset_out_dir(args.out_dir, __file__)
     train_docs, val_docs, how = load_kazqad_text(args.source, args.nq_translate, args.nq_source)
     print(how)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from kazgpt.cli import UserError, run_main  # noqa: E402
+from kazgpt.cli import UserError, bounded, run_main  # noqa: E402
 from kazgpt.dataset import dataset_out_dir, load_dataset_meta, write_dataset  # noqa: E402
 from kazgpt.kazqad import (kazqad_arg_parser, kazqad_passages, read_kazqad_examples, source_or_env,  # noqa: E402
                            split_rows)
@@ -44,16 +44,14 @@ def load_tokenizer(name: str) -> tuple:
 def main(argv: list[str]) -> None:
     parser = kazqad_arg_parser(__doc__)
     parser.add_argument("--tokenizer", default="data/qazdata_bpe", help="a prepared dataset folder, or gpt2")
-    parser.add_argument("--block_size", type=int, default=128, help="tokens an example may take (prompt and answer)")
-    parser.add_argument("--cloze", type=int, default=20, help="cloze pseudo-questions per training passage, at most")
+    parser.add_argument("--block_size", type=bounded(int, "--block_size", min=32), default=128,
+                        help="tokens an example may take (prompt and answer)")
+    parser.add_argument("--cloze", type=bounded(int, "--cloze", min=0), default=20,
+                        help="cloze pseudo-questions per training passage, at most")
     parser.add_argument("--question_loss", action="store_true",
                         help="train examples count the loss on the question's tokens too (val: answers only)")
     parser.add_argument("--seed", type=int, default=0, help="picks the cloze sentences and spans, and the order")
     args = parser.parse_args(argv)
-    if args.block_size < 32 or args.cloze < 0:
-        raise UserError("--block_size must be at least 32 and --cloze 0 or more")
-    if args.nq_translate or args.nq_source:
-        raise UserError("--nq_translate is for the pretraining text (data/qazdata*/prepare.py), not QA examples")
     out_dir = dataset_out_dir(args.out_dir, __file__)
     tokenizer, tokenizer_files = load_tokenizer(args.tokenizer)
     train_rows, val_rows, how = split_rows(read_kazqad_examples(source_or_env(args.source)))
