@@ -176,7 +176,7 @@ def check_kv_cache(c: Checker) -> dict:
 
     from kazgpt.checkpoint import load_checkpoint, model_from_checkpoint
     from kazgpt.device import autocast_context
-    from model import generate_tokens, generate_without_cache
+    from kazgpt.engine import generate_tokens, generate_without_cache
 
     model = model_from_checkpoint(load_checkpoint(c.work / "char" / "ckpt.pt")).to(c.args.device).eval()
     idx = torch.randint(0, model.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -219,7 +219,8 @@ def check_decode(c: Checker) -> dict:
     import torch
 
     from kazgpt.device import autocast_context, synchronize
-    from model import ARCHITECTURES, GPT, GPTConfig, KVCache, decode_one_token, prefill
+    from kazgpt.engine import decode_one_token, prefill
+    from model import ARCHITECTURES, GPT, GPTConfig, KVCache
 
     size = dict(n_layer=2, n_head=2, n_embd=64) if c.args.quick else dict(n_layer=12, n_head=12, n_embd=768)
     model = GPT(GPTConfig(block_size=1024, vocab_size=50304, bias=False, **size, **ARCHITECTURES["newer"]))
@@ -278,7 +279,7 @@ def summary_line(name: str, result: dict) -> str:
     return f"{name:12s} ok      {json.dumps(shown, ensure_ascii=False)[:600]}"
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--checks", default=",".join(CHECKS), help="comma-separated, from " + ", ".join(CHECKS))
     parser.add_argument("--device", default="cuda")
@@ -286,7 +287,7 @@ def main() -> None:
     parser.add_argument("--kazqad", default=os.environ.get("KAZQAD_SOURCE"))
     parser.add_argument("--out", default="gpu-check-out", help="where results go when $OUT is not set")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: try the plumbing on a CPU")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     names = [n for n in args.checks.split(",") if n]
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
@@ -309,4 +310,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    sys.exit(run_main(main))

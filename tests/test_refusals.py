@@ -74,7 +74,7 @@ CASES = [
     (TRAIN + " --out_dir={new} --init_from=gpt2", "could not load GPT-2 'gpt2' ("),
     (TRAIN + " --out_dir={run}/ckpt.pt", "is a file, not a folder"),
     (TRAIN + " --out_dir={new} --data_dir={new}", "dataset 'new' is not prepared"),
-    (TRAIN + " --out_dir={new} --block_size=100000", "fewer than block_size+1"),
+    (TRAIN + " --out_dir={new} --block_size=100000", "fewer tokens than block_size+1"),
     (TRAIN + " --out_dir={run} --init_from=resume ?garbage", "is damaged or not a checkpoint of this repo"),
     (TRAIN + " --out_dir={run} --init_from=resume ?truncated", "is damaged or not a checkpoint of this repo"),
     (TRAIN + " --out_dir={run} --init_from=resume ?tokenizer", "lacks its 'tokenizer'"),

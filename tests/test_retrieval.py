@@ -48,9 +48,6 @@ def test_index_is_saved_once_and_loaded_after(tmp_path, monkeypatch):
     monkeypatch.undo()
     other = open_index(PASSAGES[:2], str(tmp_path / "ix"))  # another collection: another index beside it
     assert len(list((tmp_path / "ix").iterdir())) == 2 and len(other.passages) == 2
-    (folder / "params.index.json").write_text("{ damaged")
-    with pytest.raises(UserError, match="damaged"):
-        open_index(PASSAGES, str(tmp_path / "ix"))
 
 
 def test_a_sentence_copied_from_a_kazqad_passage_finds_it(shared_kazqad):
@@ -82,10 +79,10 @@ def test_collections_from_files(tmp_path):
         (tmp_path / "bad.jsonl").write_text(bad, encoding="utf-8")
         with pytest.raises(UserError, match=fragment):
             read_collection(str(tmp_path / "bad.jsonl"))
-    with pytest.raises(UserError, match="not a file"):
+    with pytest.raises(UserError, match="is not a .txt"):
         read_collection(str(tmp_path))
     (tmp_path / "c.parquet").write_bytes(b"PAR1")
-    with pytest.raises(UserError, match="is not read as a collection"):
+    with pytest.raises(UserError, match="is not a .txt"):
         read_collection(str(tmp_path / "c.parquet"))
 
 
@@ -165,4 +162,4 @@ def test_kkwiki_prepare_on_local_articles(tmp_path):
         assert (tmp_path / "pq" / f"{split}.bin").read_bytes() == (tmp_path / "again" / f"{split}.bin").read_bytes()
     bad = run("data/kkwiki/prepare.py", f"--source={tmp_path / 'wiki.jsonl'}", f"--out_dir={tmp_path / 'x'}",
               f"--tokenizer={tmp_path}", check=False)
-    assert_one_line_error(bad, "no tokenizer.json")
+    assert_one_line_error(bad, "is not a tokenizer.json, nor a folder holding one")
