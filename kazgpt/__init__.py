@@ -3,7 +3,7 @@ never each other. model.py, at the top beside them, is the base layer: it import
 kazgpt.kernels, and every module here may import it.
 
     cli           the command-line edge: one-line errors (UserError, run_main), rank-0 printing
-    files         atomic writes, the one way files are written
+    files         reading text files; atomic writes, the one way files are written
     device        device and autocast dtype, peak FLOP/s for MFU, CPU memory tuning
     distributed   the processes of a run (torchrun DDP) and the signals that stop them
     kernels       the newer architecture's elementwise ops with hand-written backwards

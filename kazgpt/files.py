@@ -1,10 +1,12 @@
-"""The one way this repo writes a file: atomically. The data goes to a temporary name beside the
+"""Reading text files (one-line errors for what is not UTF-8 or not JSON), and the one way this
+repo writes a file: atomically. The data goes to a temporary name beside the
 target, is flushed to disk, and is then renamed over the target, so a crash, a kill or a full disk
 at any moment leaves the old file or the new one, never half of one. Checkpoints, datasets, the
 BM25 index, exports, images and evaluation results are all written through it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -53,3 +55,21 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
         raise UserError(f"cannot write {folder} ({e.strerror}): check that its parent folder exists") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_text_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): convert it to UTF-8 first") from None
+
+
+def json_lines(text: str, path: Path, expected: str) -> Iterator[tuple[int, object]]:
+    """(line number, value) of each non-blank line of JSON Lines text; a line that is not JSON is
+    refused with its number and what was expected."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {n} is not JSON ({e.msg}): expected {expected}") from None

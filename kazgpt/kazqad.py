@@ -13,13 +13,13 @@ so that a prompt '<question>:' leads the model into ' <answer>' and a newline en
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import unicodedata
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 from kazgpt.cli import ArgumentParser, UserError, offline_hint
+from kazgpt.files import json_lines, read_text_file
 
 KAZQAD_HUB_ID = ("issai/kazqad", "kazqad")
 NQ_TRANSLATE_HUB_ID = ("issai/kazqad", "nq-translate-kk")  # ~61k machine-translated triples, same schema
@@ -127,24 +127,6 @@ def held_out_passages(passages: dict[tuple[str, str], list[dict]],
 def source_or_env(source: Optional[str]) -> Optional[str]:
     """The source to read: the one given, else $KAZQAD_SOURCE, else None (the hub)."""
     return source if source is not None else (os.environ.get(KAZQAD_SOURCE_ENV) or None)
-
-
-def read_text_file(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): convert it to UTF-8 first") from None
-
-
-def json_lines(text: str, path: Path, expected: str) -> Iterator[tuple[int, object]]:
-    """(line number, value) of each non-blank line of JSON Lines text; a line that is not JSON is
-    refused with its number and what was expected."""
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} line {n} is not JSON ({e.msg}): expected {expected}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:

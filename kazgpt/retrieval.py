@@ -24,8 +24,8 @@ from typing import Callable, Optional
 
 from kazgpt import REPO_ROOT
 from kazgpt.cli import UserError
-from kazgpt.files import atomic_folder
-from kazgpt.kazqad import json_lines, kazqad_passages, nfc, read_kazqad_examples, read_text_file, schema_problem
+from kazgpt.files import atomic_folder, json_lines, read_text_file
+from kazgpt.kazqad import kazqad_passages, nfc, read_kazqad_examples, schema_problem
 
 STEM_LENGTH = 5
 STOPWORDS = frozenset(

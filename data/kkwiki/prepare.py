@@ -21,7 +21,7 @@ from kazgpt.cli import UserError, bounded, run_main  # noqa: E402
 from kazgpt.corpus import (check_corpus_args, corpus_arg_parser, is_val, iter_hub_documents,  # noqa: E402
                            iter_local_documents, write_streamed_dataset)
 from kazgpt.dataset import UINT16_VOCAB, dataset_out_dir  # noqa: E402
-from kazgpt.kazqad import read_text_file  # noqa: E402
+from kazgpt.files import read_text_file  # noqa: E402
 from kazgpt.tokenizer import HFTokenizer, train_byte_level_bpe  # noqa: E402
 
 HUB_ID, HUB_CONFIG = "wikimedia/wikipedia", "20231101.kk"
