@@ -31,8 +31,12 @@ REQUIRED = {"model": dict, "model_args": dict, "tokenizer": dict, "iter_num": in
 
 def save_checkpoint(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        torch.save({"version": CHECKPOINT_VERSION, **obj}, f)
+    try:
+        with atomic_write(path) as f:
+            torch.save({"version": CHECKPOINT_VERSION, **obj}, f)
+    except RuntimeError as e:  # how torch's writer reports a write that failed, a full disk among them
+        raise UserError(f"could not write {path} ({str(e).strip()[:80]}): is the disk full? The checkpoints "
+                        f"{path.parent} held before are kept") from None
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -224,3 +224,21 @@ def test_plot_skips_a_line_cut_short_by_a_kill(trained, tmp_path):
     run("plot.py", f"--out_dir={out}")
     assert (out / "loss.png").exists()
     assert json.loads((trained / "out" / "log.jsonl").read_text().splitlines()[0])["iter"] == 0
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_one(tmp_path, monkeypatch):
+    """torch's writer reports a full disk as a RuntimeError ('unexpected pos'): one line, and the
+    checkpoint that was there still loads."""
+    from kazgpt import checkpoint
+
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save_checkpoint({"iter_num": 1}, path)
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 78208 vs 78160")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match="is the disk full"):
+        checkpoint.save_checkpoint({"iter_num": 2}, path)
+    assert torch.load(path, weights_only=True)["iter_num"] == 1 and [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
