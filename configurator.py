@@ -26,7 +26,7 @@ import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence, TypeVar
 
-from kazgpt.cli import UserError, closest, print0
+from kazgpt.cli import UserError, bounds_text, closest, print0
 from kazgpt.cli import check_bounds as check_bounds_of
 
 Config = TypeVar("Config")
@@ -144,6 +144,7 @@ def load_config(config_cls: type[Config], argv: list[str], verbose: bool = True)
 def help_text(config_cls: type) -> str:
     """The running script's docstring, then config_cls's keys as --key=default with their comments."""
     defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    bounds = {f.name: f" [{bounds_text(f.metadata)}]" if f.metadata else "" for f in dataclasses.fields(config_cls)}
     script = Path(sys.argv[0])
     try:
         doc = (ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or "").strip()
@@ -154,7 +155,8 @@ def help_text(config_cls: type) -> str:
     for line in inspect.getsource(config_cls).splitlines():
         field = re.match(r"\s+(\w+):[^#]*(#.*)?$", line)
         if field and field.group(1) in defaults:
-            lines.append(f"  --{field.group(1)}={defaults[field.group(1)]!r}  {field.group(2) or ''}".rstrip())
+            key = field.group(1)
+            lines.append(f"  --{key}={defaults[key]!r}{bounds[key]}  {field.group(2) or ''}".rstrip())
         elif line.strip().startswith("#"):
             lines.append(f"  {line.strip()}")
     return "\n".join(lines)

@@ -65,11 +65,18 @@ def check_bounds(name: str, value: Any, bounds: dict) -> None:
     """A value against its declared bounds (min/max inclusive, above/below exclusive) or choices:
     the one check behind every script's settings and options."""
     if "choices" in bounds:
-        if value not in bounds["choices"]:
-            raise UserError(f"{name} must be {' or '.join(map(repr, bounds['choices']))}, got {value!r}")
-    elif not (math.isfinite(value) and all(BOUND_TESTS[k][0](value, b) for k, b in bounds.items())):
-        wanted = ", ".join(f"{BOUND_TESTS[k][1]} {b}" for k, b in bounds.items())
-        raise UserError(f"{name} must be {wanted}, got {value!r}")
+        ok = value in bounds["choices"]
+    else:
+        ok = math.isfinite(value) and all(BOUND_TESTS[k][0](value, b) for k, b in bounds.items())
+    if not ok:
+        raise UserError(f"{name} must be {bounds_text(bounds)}, got {value!r}")
+
+
+def bounds_text(bounds: dict) -> str:
+    """Bounds or choices as words: 'at least 1', 'above 0, at most 1', "'cosine' or 'wsd'"."""
+    if "choices" in bounds:
+        return " or ".join(map(repr, bounds["choices"]))
+    return ", ".join(f"{BOUND_TESTS[k][1]} {b}" for k, b in bounds.items())
 
 
 def bounded(kind: type, name: str, **bounds: float) -> Callable[[str], Any]:
