@@ -26,8 +26,8 @@ import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence, TypeVar
 
-from kazgpt.cli import UserError, bounds_text, closest, print0
-from kazgpt.cli import check_bounds as check_bounds_of
+from kazgpt.cli import UserError, bounds_text, check_value, closest, print0
+
 
 Config = TypeVar("Config")
 
@@ -75,7 +75,7 @@ def check_bounds(config: Any) -> None:
     """Every value against the bounds or choices its field declares (None passes: it means 'the default')."""
     for f in dataclasses.fields(config):
         if f.metadata and getattr(config, f.name) is not None:
-            check_bounds_of(f.name, getattr(config, f.name), dict(f.metadata))
+            check_value(f.name, getattr(config, f.name), dict(f.metadata))
 
 
 def parse_cli_value(raw: str, annotation: Any) -> Any:

@@ -61,7 +61,7 @@ BOUND_TESTS = {"min": (lambda v, b: v >= b, "at least"), "above": (lambda v, b: 
                "max": (lambda v, b: v <= b, "at most"), "below": (lambda v, b: v < b, "below")}
 
 
-def check_bounds(name: str, value: Any, bounds: dict) -> None:
+def check_value(name: str, value: Any, bounds: dict) -> None:
     """A value against its declared bounds (min/max inclusive, above/below exclusive) or choices:
     the one check behind every script's settings and options."""
     if "choices" in bounds:
@@ -86,7 +86,7 @@ def bounded(kind: type, name: str, **bounds: float) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise UserError(f"{name} must be {kind.__name__}, got {text!r}") from None
-        check_bounds(name, value, bounds)
+        check_value(name, value, bounds)
         return value
     return convert
 
