@@ -40,7 +40,7 @@ import torch
 
 from configurator import read_config_file
 from kazgpt.checkpoint import model_from_checkpoint
-from kazgpt.cli import ArgumentParser, UserError, run_main
+from kazgpt.cli import ArgumentParser, UserError, bounded, run_main
 from kazgpt.dataset import REPO_ROOT, batch_generator, get_batch, load_dataset_meta
 from kazgpt.files import write_text
 from kazgpt.kazqad import read_kazqad_examples
@@ -405,7 +405,7 @@ def run_tables(names: list[str], args, device: str, train_dtype: str, sample_dty
     print(f"\n{'sampling':12s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'500 cached':>11s} "
           f"{'500 recompute':>14s} {'ratio':>6s} {'same tokens':>12s}")
     for name in names:
-        r = bench_sampling(MODELS[name], device, sample_dtype, args.architecture)
+        r = bench_sampling(MODELS[name], device, sample_dtype, args.architecture, args.new_tokens)
         results["sampling"][name] = r
         print(f"{name:12s} {r['prefill_tokens_per_s']:14,.0f} {r['decode_tokens_per_s']:13,.0f} "
               f"{r['cached_500_s']:10.2f}s "
@@ -476,6 +476,8 @@ def main(argv: list[str]) -> None:
                         help="newer (train.py's from scratch: rotary positions, ReLU squared, QK-norm) or gpt2")
     parser.add_argument("--iters", type=int, default=None,
                         help="timed training iterations per model (default: each model's own)")
+    parser.add_argument("--new_tokens", type=bounded(int, "--new_tokens", min=1), default=500,
+                        help="tokens the sampling rows generate, with the cache and without")
     parser.add_argument("--json", default="bench.json", help="where to write the results")
     parser.add_argument("--compare_nanogpt", default=None,
                         help="a nanoGPT checkout: also run the quick start side by side")

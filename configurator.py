@@ -28,7 +28,6 @@ from typing import Any, Optional, Sequence, TypeVar
 
 from kazgpt.cli import UserError, bounds_text, check_value, closest, print0
 
-
 Config = TypeVar("Config")
 
 

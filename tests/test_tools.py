@@ -223,16 +223,11 @@ def test_closed_pipe_ends_quietly(trained_char):
     assert proc.wait(timeout=60) == 0 and "Traceback" not in stderr, stderr
 
 
-@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
-def test_bench_training_row_times_the_optimizer_step_apart(tmp_path, optimizer):
+def test_bench_training_row_times_the_optimizer_step_apart(tmp_path):
     """bench.py's training rows give the clip and optimizer step as a part of the iteration (Muon's
     cost per step is read off them): a part, not the whole and not nothing."""
-    import numpy as np
-    import bench
-    data_path = tmp_path / "tokens.bin"
-    np.random.default_rng(0).integers(0, 64, 4096, dtype=np.uint16).tofile(data_path)
-    spec = bench.BenchModel(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=2, vocab_size=64, iters=3)
-    row = bench.bench_training(spec, "cpu", "float32", False, 3, np.memmap(data_path, dtype=np.uint16, mode="r"),
-                               optimizer, "newer")
+    out = tmp_path / "bench.json"
+    run("bench.py", "--models=quickstart", "--iters=2", "--new_tokens=8", f"--json={out}")
+    row = json.loads(out.read_text())["training"]["quickstart"]
     assert 0 < row["optimizer_ms"] < row["ms_per_iter"]
     assert 0 < row["optimizer_share"] < 1
