@@ -131,9 +131,12 @@ def load_dataset_meta(data_dir: Path, block_size: int) -> dict:
         spec = meta["tokenizer"]
         if spec.get("kind") == "hf" and "file" in spec:
             meta["tokenizer"] = {"kind": "hf", "tokenizer_json": (data_dir / spec["file"]).read_text(encoding="utf-8")}
-        files = {f"{split}.{kind}": meta[f"{split}_tokens"] * (2 if kind == "bin" else 1) for split in ("train", "val")
-                 for kind in (("bin", "mask") if meta.get("kind") == "qa" else ("bin",))}
-        wrong = [f for f, size in files.items() if (data_dir / f).stat().st_size != size]
+        sizes = {}
+        for split in ("train", "val"):
+            sizes[f"{split}.bin"] = 2 * meta[f"{split}_tokens"]  # uint16 ids
+            if meta.get("kind") == "qa":
+                sizes[f"{split}.mask"] = meta[f"{split}_tokens"]  # a byte per token
+        wrong = [f for f, size in sizes.items() if (data_dir / f).stat().st_size != size]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{data_dir / 'meta.json'} or a file it names is missing or damaged ({type(e).__name__}: "
                         f"{str(e)[:100]}): run {prepare} again") from None
