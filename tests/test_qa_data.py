@@ -157,7 +157,7 @@ def test_prepare_cloze_from_train_passages_only_and_finetune_checks_tokenizer(ka
     run("data/qazdata_bpe/prepare.py", f"--source={KAZQAD_VAL}", "--vocab_size=400", f"--out_dir={tmp_path / 'bpe'}")
     qa = tmp_path / "qa"
     out = run("data/qazdata_qa/prepare.py", f"--source={KAZQAD_VAL}", f"--tokenizer={tmp_path / 'bpe'}",
-              "--block_size=256", "--cloze=2", f"--out_dir={qa}").stdout
+              "--block_size=256", "--cloze=1", f"--out_dir={qa}").stdout
     assert "cloze examples" in out
     meta = json.loads((qa / "meta.json").read_text(encoding="utf-8"))
     assert meta["kind"] == "qa" and meta["block_size"] == 256
