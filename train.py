@@ -198,12 +198,12 @@ def estimate_loss(model, data: dict, cfg: TrainConfig, procs: Processes, autocas
 
 
 class RunLog:
-    """The run's record, rank 0 only: out_dir/log.jsonl (for plot.py) and, if asked, wandb. A resumed
-    run appends to the log, a new one starts it afresh; a run replacing another (--overwrite) keeps
-    its lines in memory until its first checkpoint (start), so that one that saves none changes nothing."""
+    """The run's record, rank 0 only: out_dir/log.jsonl (for plot.py) and wandb. A run replacing another
+    (--overwrite) keeps its lines in memory until its first checkpoint: one that saves none changes nothing."""
 
     def __init__(self, path: Path, cfg: TrainConfig, active: bool, resuming: bool, replacing: bool):
         self.path, self.active, self.pending, self.file, self.wandb = path, active, [], None, None
+        self.replacing = active and replacing  # until start(): the earlier run's files are still there
         if active and cfg.wandb_log:
             import wandb  # only when asked for: it is slow to import
             try:
@@ -216,6 +216,7 @@ class RunLog:
             self.start("a" if resuming else "w")
 
     def start(self, mode: str = "w") -> None:
+        self.replacing = False
         self.file = open(self.path, mode, encoding="utf-8")
         self.file.writelines(self.pending)
         self.file.flush()
@@ -311,8 +312,8 @@ def main(argv: list[str]) -> int:
     run_log = RunLog(out_dir / "log.jsonl", cfg, procs.master and (resuming or not cfg.eval_only), resuming, replacing)
 
     def save(name: str) -> None:
-        """Write out_dir/name from rank 0, with every rank's RNG state (a collective: all ranks call it).
-        The first checkpoint of a run that replaces another (--overwrite) deletes the earlier run's files."""
+        """out_dir/name from rank 0 with every rank's RNG state (all ranks call it); the first one of a run
+        replacing another deletes the earlier run's files."""
         states = [rng_state()] * procs.world_size  # this rank's; under DDP every rank's, gathered
         if procs.ddp:
             dist.all_gather_object(states, rng_state())
@@ -325,15 +326,14 @@ def main(argv: list[str]) -> int:
             "model_args": raw_model.model_args(), "tokenizer": meta["tokenizer"], "iter_num": iter_num,
             "best_val_loss": best_val_loss, "config": configurator.config_dict(cfg), "rng": states,
         }, out_dir / name)
-        if run_log.file is None:
+        if run_log.replacing:
             for other in CHECKPOINT_NAMES:
                 if other != name:
                     (out_dir / other).unlink(missing_ok=True)
             run_log.start()
 
     # ---- training loop ----
-    stop = StopSignal("finishing the evaluation, then exiting (eval_only saves nothing)" if cfg.eval_only
-                      else "finishing this step, then saving a checkpoint and exiting")
+    stop = StopSignal(cfg.eval_only)
     peak_flops = device_peak_flops(device, dtype)
     batches = training_batches(data["train"], cfg.batch_size, cfg.block_size, cfg.seed, iter_num, accum_steps,
                                procs.rank * accum_steps, device, cfg.pack_examples)

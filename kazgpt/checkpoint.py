@@ -30,7 +30,6 @@ REQUIRED = {"model": dict, "model_args": dict, "tokenizer": dict, "iter_num": in
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_write(path) as f:
             torch.save({"version": CHECKPOINT_VERSION, **obj}, f)

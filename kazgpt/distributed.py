@@ -49,8 +49,10 @@ class StopSignal:
     """SIGTERM/SIGINT ask the run to stop after the current step, with a checkpoint; a second one
     exits at once. The handlers are put back by restore()."""
 
-    def __init__(self, plan: str):
-        self.signum, self.plan = 0, plan
+    def __init__(self, eval_only: bool):
+        self.signum = 0
+        self.plan = ("finishing the evaluation, then exiting (eval_only saves nothing)" if eval_only
+                     else "finishing this step, then saving a checkpoint and exiting")
         self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def handle(self, signum, frame):
