@@ -1,14 +1,18 @@
 """
-Export a checkpoint to a Hugging Face `transformers` folder: a GPT2LMHeadModel (config.json,
-model.safetensors) with its tokenizer, ready for `transformers.pipeline("text-generation", model=folder)`.
+Export a checkpoint to a Hugging Face `transformers` folder (config.json, model.safetensors, the
+tokenizer) that loads with AutoModelForCausalLM and no custom code, ready for
+`transformers.pipeline("text-generation", model=folder)` or the hub:
 
     python export_hf.py --out_dir=out-qazdata-char --export_dir=hf-qazdata-char
 
+GPT-2's architecture becomes a GPT2LMHeadModel, the newer one a PersimmonForCausalLM (kazgpt/hf.py
+says why). `init_from=<the folder>` brings it back into train.py and sample.py.
+
 Tokenizers, each a PreTrainedTokenizerFast: GPT-2 BPE -> GPT-2's own vocab.json/merges.txt (from
 tiktoken's cached files) as a byte-level BPE tokenizer.json; the Kazakh BPE -> its tokenizer.json; char-level -> an
-equivalent tokenizer.json (PreTrainedTokenizerFast): a BPE model with one entry per character and
-no merges, so every character is one token with the same id as in this repo, and a Fuse decoder
-that joins tokens without spaces. Models trained without biases get zero biases (the same function).
+equivalent tokenizer.json: a BPE model with one entry per character and no merges, so every
+character is one token with the same id as in this repo, and a Fuse decoder that joins tokens
+without spaces. kazgpt_export.json keeps this repo's own tokenizer spec for the way back.
 """
 from __future__ import annotations
 
@@ -16,16 +20,14 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-import torch
 
 import configurator
 from kazgpt.checkpoint import load_checkpoint, model_from_checkpoint, newest_checkpoint
 from kazgpt.cli import UserError, run_main
 from kazgpt.files import atomic_folder
+from kazgpt.hf import EXPORT_RECORD, to_transformers
 from kazgpt.tokenizer import EOT, tokenizer_from_spec
-from model import ARCHITECTURES, GPT, HF_ATTENTION_BUFFERS, HF_CONV1D_WEIGHTS
 
 GPT2_FILES = {  # where tiktoken fetches GPT-2's BPE files; with TIKTOKEN_CACHE_DIR they come from its cache
     "merges.txt": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
@@ -38,35 +40,6 @@ class ExportConfig:
     out_dir: str = "out"  # the run whose checkpoint is exported
     checkpoint: str = "best.pt"  # which file of out_dir; falls back to the other of ckpt.pt/best.pt
     export_dir: str = "hf-export"  # the new folder that receives the transformers model
-
-
-def to_transformers(model: GPT, eot_token: Optional[int], vocab_size: int):
-    """A transformers GPT2LMHeadModel with this model's weights, its vocabulary cut to the tokenizer's
-    vocab_size: the rows that pad it to a multiple of 64 are never a token, so never sampled."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    c = model.config
-    unlike_gpt2 = [f"{key}={getattr(c, key)}" for key, gpt2 in ARCHITECTURES["gpt2"].items() if getattr(c, key) != gpt2]
-    if unlike_gpt2:
-        raise UserError(f"this model has {', '.join(unlike_gpt2)}, which transformers' GPT-2 cannot hold; "
-                        "export models trained with --position_encoding=learned --mlp_activation=gelu --qk_norm=False")
-    activation = "gelu_new" if c.gelu_approximate == "tanh" else "gelu"
-    hf_config = GPT2Config(vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_inner=c.mlp_hidden,
-                           n_layer=c.n_layer, n_head=c.n_head, activation_function=activation,
-                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-                           tie_word_embeddings=True, bos_token_id=eot_token, eos_token_id=eot_token)
-    hf = GPT2LMHeadModel(hf_config)
-    ours = model.state_dict()
-    with torch.no_grad():
-        for name, tensor in hf.state_dict().items():
-            if name.endswith(HF_ATTENTION_BUFFERS):
-                continue
-            if name in ours:
-                weight = ours[name][:vocab_size] if name.endswith(("wte.weight", "lm_head.weight")) else ours[name]
-                tensor.copy_(weight.t() if name.endswith(HF_CONV1D_WEIGHTS) else weight)
-            else:  # a bias of a model trained with bias=False
-                tensor.zero_()
-    return hf
 
 
 def char_tokenizer_json(chars: str) -> str:
@@ -115,13 +88,16 @@ def main(argv: list[str]) -> None:
     if folder.exists():
         raise UserError(f"{folder} exists: choose a new --export_dir")
     tokenizer = tokenizer_from_spec(ckpt["tokenizer"])
-    hf = to_transformers(model_from_checkpoint(ckpt, path), tokenizer.eot_token, tokenizer.vocab_size)
+    try:
+        hf = to_transformers(model_from_checkpoint(ckpt, path), tokenizer.vocab_size, tokenizer.eot_token)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     with atomic_folder(folder) as tmp:  # a failure half-way leaves nothing in the way of the next try
         hf.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(ckpt["tokenizer"], tmp)
-        record = {"source": str(path), "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]["kind"]}
-        (tmp / "kazgpt_export.json").write_text(json.dumps(record))
-    print(f"exported {sorted(p.name for p in folder.iterdir())} to {folder}")
+        record = {"source": str(path), "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]}
+        (tmp / EXPORT_RECORD).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    print(f"exported a {type(hf).__name__} {sorted(p.name for p in folder.iterdir())} to {folder}")
 
 
 if __name__ == "__main__":

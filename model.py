@@ -2,9 +2,10 @@
 The GPT language model, in one file: GPT-2's architecture (learned positions, pre-LayerNorm
 blocks, GELU MLPs, tied input and output embeddings, optional biases) and three newer choices that
 train better from scratch and are train.py's defaults there: rotary positions (RoPE), ReLU² MLPs
-and RMS-normalized queries and keys (QK-norm). Attention goes through scaled_dot_product_attention
+and normalized queries and keys (QK-norm). Attention goes through scaled_dot_product_attention
 (flash attention where the device has it), and an optional KV cache serves generation
-(kazgpt/engine.py). Loads OpenAI's GPT-2 weights, or any GPT-2 folder saved by `transformers`.
+(kazgpt/engine.py). kazgpt/hf.py converts it to and from transformers' GPT-2 and Persimmon classes,
+which is how OpenAI's GPT-2 weights come in.
 
 This file knows nothing of command lines: a shape it cannot build is a ValueError.
 """
@@ -18,11 +19,9 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from kazgpt.kernels import relu_squared, rms_normalize, rotary_factors, rotate
+from kazgpt.kernels import relu_squared, rotary_factors, rotate
 
-# transformers keeps GPT-2's Conv1D layers, whose weights are the transpose of nn.Linear's
-HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-HF_ATTENTION_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not weights
+LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, for the QK-norm too
 
 # the architecture choices of GPTConfig: GPT-2's, and the newer one that train.py uses from scratch
 ARCHITECTURES = {
@@ -44,7 +43,7 @@ class GPTConfig:
     gelu_approximate: str = "none"  # 'none': exact GELU (faster on CPU); 'tanh': GPT-2's, for its weights
     position_encoding: str = "learned"  # 'learned' (GPT-2's position embeddings) or 'rope' (rotary)
     mlp_activation: str = "gelu"  # 'gelu' (GPT-2's) or 'relu2' (ReLU squared)
-    qk_norm: bool = False  # each head's queries and keys RMS-normalized before attention
+    qk_norm: bool = False  # each head's queries and keys LayerNorm-ed (no gain, no bias) before attention
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -84,8 +83,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         heads = self.c_attn(x).view(B, T, 3 * self.n_head, C // self.n_head)  # (B, T, 3nh, hs)
         qk, v = heads.split(2 * self.n_head, dim=2)  # queries and keys are normalized and rotated together
-        if self.qk_norm:
-            qk = rms_normalize(qk)
+        if self.qk_norm:  # a LayerNorm per head (as transformers' Persimmon has it, so that the model exports)
+            qk = F.layer_norm(qk, qk.shape[-1:], eps=LAYER_NORM_EPS)
         if rotary is not None:  # the factors (T, 1, hs) of these T positions
             qk = rotate(qk, *rotary)
         q, k = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs) each
@@ -208,28 +207,6 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         if "wpe" in self.transformer:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, dropout: float = 0.0) -> "GPT":
-        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) from the Hugging Face hub, or a
-        local folder holding a transformers GPT2LMHeadModel."""
-        from transformers import GPT2LMHeadModel
-
-        hf = GPT2LMHeadModel.from_pretrained(name_or_path)
-        c = hf.config
-        approximate = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(c.activation_function)
-        if approximate is None:
-            raise ValueError(f"it uses activation '{c.activation_function}'; this GPT has GELU only (gelu, gelu_new)")
-        config = GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                           n_embd=c.n_embd, mlp_ratio=(c.n_inner or 4 * c.n_embd) / c.n_embd, dropout=dropout,
-                           bias=True, gelu_approximate=approximate)
-        model = cls(config)
-        sd = model.state_dict()
-        with torch.no_grad():
-            for k, v in hf.state_dict().items():
-                if not k.endswith(HF_ATTENTION_BUFFERS):
-                    sd[k].copy_(v.t() if k.endswith(HF_CONV1D_WEIGHTS) else v)
-        return model
 
     def flops_per_token(self, seq_len: Optional[int] = None) -> float:
         """Training FLOPs per token (forward + backward): 6 per parameter plus attention's

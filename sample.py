@@ -32,7 +32,7 @@ from kazgpt.retrieval import PassageIndex, open_index, read_collection
 
 @dataclass
 class SampleConfig:
-    init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), 'gpt2*', or a local Hugging Face GPT-2 folder
+    init_from: str = "resume"  # 'resume' (out_dir's checkpoint), gpt2*, a transformers folder or hub 'owner/name'
     out_dir: str = "out"
     checkpoint: str = "best.pt"  # which file of out_dir; falls back to the other of ckpt.pt/best.pt
     start: str = "\n"  # the prompt, or "FILE:path" to read it from a file

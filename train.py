@@ -79,9 +79,9 @@ class TrainConfig:
     # from scratch, three choices newer than GPT-2 (a model started from weights keeps the weights' own):
     position_encoding: str = setting("rope", choices=("rope", "learned"))  # rotary, or GPT-2's embeddings
     mlp_activation: str = setting("relu2", choices=("relu2", "gelu"))  # ReLU squared, or GPT-2's GELU
-    qk_norm: bool = True  # RMS-normalize each head's queries and keys
+    qk_norm: bool = True  # LayerNorm each head's queries and keys (no gain)
     # optimizer: 'muon' (Muon for the blocks' matrices, AdamW for the rest) or 'adamw' (AdamW for all);
-    # None: muon from scratch, adamw from GPT-2 weights, else the one the checkpoint was made with
+    # None: muon from scratch, adamw from transformers weights, else the one the checkpoint was made with
     optimizer: Optional[str] = setting(None, choices=OPTIMIZERS)
     learning_rate: float = setting(6e-4, above=0)  # AdamW's
     max_iters: int = setting(600000, min=0)
@@ -136,7 +136,7 @@ def check_out_dir(out_dir: Path, cfg: TrainConfig) -> None:
 
 
 def build_model(cfg: TrainConfig, meta: dict, given: dict) -> tuple[GPT, Optional[dict]]:
-    """The model to train and the checkpoint it starts from (None from scratch or GPT-2 weights)."""
+    """The model to train and the checkpoint it starts from (None from scratch or transformers weights)."""
     if cfg.init_from == "scratch":
         padded_vocab = -(-meta["vocab_size"] // 64) * 64  # a multiple of 64 makes the output matmul faster
         try:

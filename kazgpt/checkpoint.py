@@ -7,11 +7,13 @@ checks it once, where it is read, so that everything after may trust its fields.
 
 A run starts from (init_from): scratch (train.py builds the model), 'resume' (the newest checkpoint
 of out_dir), an earlier run of this repo to finetune (its folder or a checkpoint file: weights only),
-or GPT-2 weights (a hub name, or a folder saved by transformers).
+or a transformers model: OpenAI's GPT-2 by name, a folder (export_hf.py's exports among them) or a
+hub name 'owner/model', GPT-2 or Persimmon (kazgpt/hf.py).
 """
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -20,12 +22,12 @@ import torch
 
 from kazgpt.cli import UserError, offline_hint, print0
 from kazgpt.files import atomic_write
-from kazgpt.tokenizer import Tokenizer, TiktokenTokenizer, tokenizer_from_spec
+from kazgpt.hf import GPT2_NAMES, load_transformers
+from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
 from model import GPT, GPTConfig
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAMES = ("ckpt.pt", "best.pt")  # the latest state, and the one with the lowest val loss
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 REQUIRED = {"model": dict, "model_args": dict, "tokenizer": dict, "iter_num": int, "best_val_loss": (int, float)}
 
 
@@ -79,16 +81,21 @@ def model_from_checkpoint(ckpt: dict, path: Optional[Path] = None, **overrides) 
     return model
 
 
-def load_pretrained(name_or_path: str, dropout: float = 0.0) -> GPT:
-    """OpenAI's GPT-2 (a hub name) or a local transformers GPT-2 folder, as this repo's GPT."""
+def load_pretrained(name_or_path: str, dropout: float = 0.0) -> tuple[GPT, dict]:
+    """A transformers GPT-2 or Persimmon (GPT-2 by name, a folder, or a hub name) as this repo's GPT,
+    with its tokenizer's spec."""
     try:
-        return GPT.from_pretrained(name_or_path, dropout=dropout)
-    except ValueError as e:  # loaded, but not a GPT-2 this model can hold
+        return load_transformers(name_or_path, dropout)
+    except ValueError as e:  # loaded, but not a model this GPT can hold
         raise UserError(f"'{name_or_path}' cannot be used: {e}") from None
     except Exception as e:  # the hub cannot be reached, or the folder holds no transformers model
-        raise UserError(f"could not load GPT-2 '{name_or_path}' ({type(e).__name__}): name one of "
-                        f"{', '.join(GPT2_NAMES)}; offline, {offline_hint()}pass a folder saved by "
-                        "GPT2LMHeadModel.save_pretrained") from None
+        raise UserError(f"could not load '{name_or_path}' ({type(e).__name__}): name one of {', '.join(GPT2_NAMES)}, "
+                        f"a folder saved by transformers (GPT-2 or Persimmon) or export_hf.py, or a hub model "
+                        f"'owner/name'; offline, {offline_hint()}pass a folder") from None
+
+
+def is_hub_name(init_from: str) -> bool:
+    return init_from in GPT2_NAMES or bool(re.fullmatch(r"[\w.-]+/[\w.-]+", init_from))
 
 
 def run_folder_or_file(init_from: str) -> Optional[Path]:
@@ -104,17 +111,20 @@ def run_folder_or_file(init_from: str) -> Optional[Path]:
 def start_model(init_from: str, out_dir: Path, tokenizer: dict, vocab_size: int,
                 dropout: float) -> tuple[GPT, Optional[dict]]:
     """The model a run that does not start from scratch starts from, and its checkpoint (None for
-    GPT-2 weights). The weights must speak the dataset's tokenizer (spec and vocabulary size)."""
+    transformers weights). The weights must speak the dataset's tokenizer (spec and vocabulary size)."""
     path = newest_checkpoint(out_dir) if init_from == "resume" else run_folder_or_file(init_from)
     if path is None:
-        if init_from not in GPT2_NAMES and not Path(init_from).is_dir():
-            raise UserError(f"init_from must be scratch, resume, {', '.join(GPT2_NAMES)}, a transformers GPT-2 "
-                            f"folder, or a run of this repo (its folder or checkpoint file); got '{init_from}'")
-        print0(f"initializing from GPT-2 weights: {init_from}")
-        model = load_pretrained(init_from, dropout)
-        if model.config.vocab_size < vocab_size:
-            raise UserError(f"'{init_from}' has a vocabulary of {model.config.vocab_size} tokens, the dataset "
-                            f"{vocab_size}: finetune it on a dataset of its tokenizer (GPT-2's BPE: qazdata)")
+        if not (Path(init_from).is_dir() or is_hub_name(init_from)):
+            raise UserError(f"init_from must be scratch, resume, a run of this repo (its folder or checkpoint file), "
+                            f"or a transformers model ({', '.join(GPT2_NAMES)}, a folder, or 'owner/name' on the "
+                            f"hub); got '{init_from}'")
+        print0(f"initializing from transformers weights: {init_from}")
+        model, spec = load_pretrained(init_from, dropout)
+        own_tokenizer = spec["kind"] != "tiktoken"  # an export's, or a tokenizer.json: it must be the dataset's
+        if (own_tokenizer and spec != tokenizer) or model.config.vocab_size < vocab_size:
+            raise UserError(f"'{init_from}' speaks another tokenizer than this dataset ({model.config.vocab_size} "
+                            f"tokens, the dataset {vocab_size}): finetune it on a dataset of its tokenizer (GPT-2's "
+                            "BPE: qazdata; an export: the dataset its run was trained on)")
         return model, None
     ckpt = load_checkpoint(path)
     print0(f"{'resuming from' if init_from == 'resume' else 'initializing from'} {path} at iteration "
@@ -128,17 +138,14 @@ def start_model(init_from: str, out_dir: Path, tokenizer: dict, vocab_size: int,
 
 def load_model(init_from: str, out_dir: str, checkpoint: str, device: str) -> tuple[GPT, Tokenizer]:
     """The model to sample from (eval mode, on device) and its tokenizer: a run's checkpoint
-    (init_from='resume': out_dir's `checkpoint`, else its newest), or GPT-2 weights (a hub name, or
-    a transformers folder, with its tokenizer.json if it has one)."""
+    (init_from='resume': out_dir's `checkpoint`, else its newest), or a transformers model."""
     if init_from == "resume":
         path = newest_checkpoint(Path(out_dir), prefer=checkpoint)
         ckpt = load_checkpoint(path)
         model, tokenizer = model_from_checkpoint(ckpt, path), tokenizer_from_spec(ckpt["tokenizer"])
     else:
-        model = load_pretrained(init_from)
-        tok_file = Path(init_from) / "tokenizer.json"
-        tokenizer = (tokenizer_from_spec({"kind": "hf", "tokenizer_json": tok_file.read_text(encoding="utf-8")})
-                     if tok_file.is_file() else TiktokenTokenizer("gpt2"))
+        model, spec = load_pretrained(init_from)
+        tokenizer = tokenizer_from_spec(spec)
     return model.eval().to(device), tokenizer
 
 

@@ -48,28 +48,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return _Rotate.apply(x, cos, sin)
 
 
-class _RMSNormalize(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
-        x32 = _at_least_float32(x)
-        r = torch.rsqrt(x32.square().mean(-1, keepdim=True).add_(eps))
-        n = x32 * r
-        ctx.save_for_backward(n, r)
-        return n.to(x.dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        n, r = ctx.saved_tensors  # with n = x r, r = 1 / rms(x): dx = r (g - n mean(g n))
-        g = _at_least_float32(grad)
-        return (g - n * (g * n).mean(-1, keepdim=True)).mul_(r).to(grad.dtype), None
-
-
-def rms_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x scaled to root-mean-square 1 over its last dimension, no gain (as F.rms_norm, cheaper on CPU)."""
-    return _RMSNormalize.apply(x, eps)
-
-
 class _ReLUSquared(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
