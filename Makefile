@@ -2,11 +2,14 @@
 #   make quickstart   install, prepare KazQAD char-level, train on CPU (replacing an earlier quick start), sample
 #   make qa           install, prepare KazQAD, pretrain on its passages, finetune on question answering,
 #                     print EM/F1 on the held-out questions, closed-book, reading and open-domain
-#                     (BM25 retrieval), in about 20 minutes on a 2-core CPU
+#                     (BM25 retrieval), in about 20 minutes on a 2-core CPU; SEED=N for another seed of
+#                     the whole recipe, QA_OUT=folder for its runs (bench.py --qa_seeds runs several)
 #   make test         install, lint (ruff), run the test suite
 # Offline, point the data at a local copy first, e.g.
 #   export KAZQAD_SOURCE=../shared/kazqad TIKTOKEN_CACHE_DIR=../shared/tiktoken
 PYTHON ?= python3
+SEED ?= 0
+QA_OUT ?= out-qa
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -19,10 +22,10 @@ quickstart: install
 
 qa: install
 	$(PYTHON) data/qazdata_bpe/prepare.py
-	$(PYTHON) train.py config/train_qa_pretrain.py --overwrite
-	$(PYTHON) data/qazdata_qa/prepare.py --block_size=128 --cloze=20 --question_loss
-	$(PYTHON) train.py config/finetune_qa.py --overwrite
-	$(PYTHON) eval_qa.py --out_dir=out-qa --device=cpu --modes=closed_book,reading,open
+	$(PYTHON) train.py config/train_qa_pretrain.py --overwrite --seed=$(SEED) --out_dir=$(QA_OUT)-pretrain
+	$(PYTHON) data/qazdata_qa/prepare.py --block_size=128 --cloze=20 --question_loss --seed=$(SEED)
+	$(PYTHON) train.py config/finetune_qa.py --overwrite --seed=$(SEED) --init_from=$(QA_OUT)-pretrain --out_dir=$(QA_OUT)
+	$(PYTHON) eval_qa.py --out_dir=$(QA_OUT) --device=cpu --modes=closed_book,reading,open
 
 test: install
 	$(PYTHON) -m ruff check .

@@ -5,6 +5,7 @@ Benchmarks: training and sampling speed for named model sizes, on this machine's
     python bench.py --models=quickstart,char,gpt2 --device=cuda
     python bench.py --compare_nanogpt=../nanoGPT --data_dir=/tmp/passages   # quick start side by side with nanoGPT
     python bench.py --models= --retrieval=../shared/kazqad                 # BM25 analyzers on every KazQAD question
+    KAZQAD_SOURCE=../shared/kazqad python bench.py --models= --qa_seeds=0,1,2   # make qa's recipe, three seeds
 
 Training rows: ms per iteration (forward, backward, clip, optimizer step, batch loading), tokens/s,
 MFU against the device's peak (data-sheet bf16 figures for A100/H100/H200, otherwise a measured
@@ -17,7 +18,10 @@ source, for the shipped analyzer and for it without stemming, without stop words
 stem lengths, with index build time and questions per second. The nanoGPT comparison: both quick
 starts one after the other (wall, training time, whole-val loss curve, time to nanoGPT's final
 loss), then the cost of one training step of each, forward and backward apart from the optimizer,
-with the two repos' steps taking turns so that a machine whose speed drifts slows both alike.
+with the two repos' steps taking turns so that a machine whose speed drifts slows both alike. The QA
+recipe: `make qa` once per seed (pretraining, finetuning data and finetuning all seeded), with each
+mode's EM/F1 per seed, their mean and range, and each run's wall time: one question moves F1 by
+about 1.4 points, so a change counts only if it beats the range.
 """
 from __future__ import annotations
 
@@ -451,6 +455,32 @@ def bench_retrieval(splits: dict[str, list[dict]], source: str) -> dict[str, dic
     return results
 
 
+def bench_qa_recipe(seeds: list[int]) -> dict:
+    """`make qa` with each seed (runs in out-qa-seed<N>), and each mode's EM/F1 over the questions
+    asked, per seed and as mean and range."""
+    runs = {}
+    for seed in seeds:
+        out = f"out-qa-seed{seed}"
+        print(f"\nmake qa SEED={seed} QA_OUT={out}", flush=True)
+        began = time.perf_counter()
+        subprocess.run(["make", "qa", f"SEED={seed}", f"QA_OUT={out}", f"PYTHON={sys.executable}"], cwd=REPO_ROOT,
+                       check=True)
+        rows = [json.loads(line) for line in (REPO_ROOT / out / "eval_qa_validation.jsonl").read_text().splitlines()]
+        scores = {mode: {m: round(100 * statistics.mean(r[m] for r in rows if r["mode"] == mode), 1)
+                         for m in ("em", "f1")} for mode in dict.fromkeys(r["mode"] for r in rows)}
+        runs[seed] = {"wall_s": round(time.perf_counter() - began), **scores}
+    summary = {mode: {m: {"mean": round(statistics.mean(runs[s][mode][m] for s in seeds), 1),
+                          "min": min(runs[s][mode][m] for s in seeds), "max": max(runs[s][mode][m] for s in seeds)}
+                      for m in ("em", "f1")} for mode in runs[seeds[0]] if mode != "wall_s"}
+    print(f"\nmake qa over seeds {', '.join(map(str, seeds))}:\n{'mode':12s} {'EM mean':>8s} {'F1 mean':>8s} "
+          f"{'F1 min':>7s} {'F1 max':>7s}   per seed F1")
+    for mode, s in summary.items():
+        print(f"{mode:12s} {s['em']['mean']:8.1f} {s['f1']['mean']:8.1f} {s['f1']['min']:7.1f} {s['f1']['max']:7.1f}   "
+              + ", ".join(f"{runs[seed][mode]['f1']:.1f}" for seed in seeds))
+    print("wall time per run: " + ", ".join(f"{runs[s]['wall_s']} s" for s in seeds))
+    return {"runs": runs, "summary": summary}
+
+
 def check_args(args, names: list[str]) -> None:
     """Everything a run needs, checked before minutes of work."""
     unknown = [m for m in names if m not in MODELS]
@@ -483,12 +513,17 @@ def main(argv: list[str]) -> None:
                         help="a nanoGPT checkout: also run the quick start side by side")
     parser.add_argument("--data_dir", default=None, help="prepared char-level data for --compare_nanogpt")
     parser.add_argument("--retrieval", default=None, help="a KazQAD source: also compare BM25 analyzers on it")
+    parser.add_argument("--qa_seeds", default=None, help="comma-separated seeds: run make qa's recipe with each")
     parser.add_argument("--malloc", choices=("reuse", "glibc"), default="reuse",
                         help="on CPU: keep freed memory for the next step as train.py does (reuse), "
                         "or glibc's defaults")
     args = parser.parse_args(argv)
     names = [m for m in args.models.split(",") if m]
     check_args(args, names)
+    try:
+        qa_seeds = [int(s) for s in args.qa_seeds.split(",") if s] if args.qa_seeds else []
+    except ValueError:
+        raise UserError(f"--qa_seeds must be comma-separated integers, e.g. 0,1,2; got '{args.qa_seeds}'") from None
     # read before the tables, which take minutes: a source that does not parse is refused at once
     retrieval_examples = read_kazqad_examples(args.retrieval) if args.retrieval else None
     device = resolve_device(args.device)
@@ -515,6 +550,8 @@ def main(argv: list[str]) -> None:
         print_comparison(c)
     if args.retrieval:
         results["retrieval"] = bench_retrieval(retrieval_examples, args.retrieval)
+    if args.qa_seeds:
+        results["qa_recipe"] = bench_qa_recipe(qa_seeds)
     out = Path(args.json)
     write_text(out, json.dumps(results, indent=1))
     print(f"\nwrote {out}")

@@ -3,16 +3,18 @@ How well does a trained model answer KazQAD's questions? Each question is asked 
 layout and answered greedily (KV cache) until the end of the answer's line, in two modes:
 
   closed_book   '<question>:'                              the model answers from memory
-  reading       '<title>\\n<passage>\\n<question>:'          the passage comes first: the sentences around
+  reading       '<question>\\n<title>\\n<passage>\\n<question>:'  the sentences around
                                                              the one sharing most words with the question,
                                                              as many as fit the model's context
   open          as reading, with the passage that BM25 retrieves from a collection (every passage of the
                 source, or --collection) in place of the question's own; retrieval recall@1, recall@5
                 and MRR@10 against the question's own passage are reported beside EM/F1
 
-With a passage (reading, open) the answer is kept to a span of whole words of the passage in the
-prompt, the model choosing where it starts and stops (--extractive=True, kazgpt/engine.py's
-SpanConstraint); --extractive=False lets the model write anything. Answers are
+With a passage (reading, open), a model with a span head (train.py --span_head) answers with the
+best span of whole words of the passage (kazgpt/engine.py's read_span), and the per-question output
+gives where it starts; without one, the answer is generated and kept to a span of the passage,
+the model choosing where it starts and stops (--extractive=True, SpanConstraint); --extractive=False
+lets the model write anything. Answers are
 scored with Exact Match and token F1, SQuAD-style, normalized for Kazakh (lower-casing that
 covers әғқңөұүһі, punctuation turned into spaces so that 'Г.Мендель' is two words, spaces
 collapsed; with several gold answers the best one counts).
@@ -39,10 +41,10 @@ from configurator import setting
 from kazgpt.checkpoint import load_model
 from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
-from kazgpt.engine import first_line, line_end_tokens, passage_constraint, stream_text
+from kazgpt.engine import first_line, line_end_tokens, passage_constraint, read_span, stream_text
 from kazgpt.files import atomic_write
 from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_key, source_or_env
-from kazgpt.qa_examples import question_prompt
+from kazgpt.qa_examples import encode_prompt, question_prompt
 from kazgpt.retrieval import Passage, PassageIndex, kazqad_collection, open_index, read_collection
 from kazgpt.metrics import exact_match, token_f1
 
@@ -104,10 +106,10 @@ def add_retrieval(score: dict, rank: Optional[int]) -> None:
 def score_examples(examples: list[dict], modes: list[str], answer, prompt, out,
                    trained_questions: AbstractSet[str] = frozenset()) -> dict[str, dict[str, dict]]:
     """Ask every example in every mode (prompt(example, mode) -> (text, record), answer(text) ->
-    prediction; None for either where the question cannot be asked), write one JSON line per
-    answer to out, and return each mode's summed EM and F1 (and, where the record has a
-    gold_rank, retrieval recall@1/@5 and MRR@10), over all examples ("all") and over those whose
-    question is not in trained_questions ("unseen")."""
+    (prediction, what to record beside it); None for either where the question cannot be asked),
+    write one JSON line per answer to out, and return each mode's summed EM and F1 (and, where the
+    record has a gold_rank, retrieval recall@1/@5 and MRR@10), over all examples ("all") and over
+    those whose question is not in trained_questions ("unseen")."""
     from tqdm import tqdm
 
     scores = {subset: {m: {"em": 0.0, "f1": 0.0, "n": 0, "skipped": 0} for m in modes}
@@ -118,9 +120,10 @@ def score_examples(examples: list[dict], modes: list[str], answer, prompt, out,
         subsets = ("all",) if question in trained_questions else ("all", "unseen")
         for mode in modes:
             text, record = prompt(ex, mode)
-            prediction = answer(text) if text is not None else None
-            skipped = prediction is None  # too long for the context, or outside a char-level vocabulary: wrong
-            prediction = prediction or ""
+            answered = answer(text) if text is not None else None
+            skipped = answered is None  # too long for the context, or outside a char-level vocabulary: wrong
+            prediction, extra = answered or ("", {})
+            record = {**record, **extra}
             em, f1 = exact_match(prediction, golds), token_f1(prediction, golds)
             for score in (scores[subset][mode] for subset in subsets):
                 score["em"], score["f1"], score["n"] = score["em"] + em, score["f1"] + f1, score["n"] + 1
@@ -157,16 +160,19 @@ def main(argv: list[str]) -> None:
 
     end_tokens = line_end_tokens(tokenizer)
 
-    def answer(prompt: str) -> Optional[str]:
-        """The greedy answer: the rest of the prompt's line; None for a prompt that cannot be encoded
-        (characters outside a char-level vocabulary)."""
+    def answer(prompt: str) -> Optional[tuple[str, dict]]:
+        """The answer and, from a span head, where it starts in the title-and-passage text; None for a
+        prompt that cannot be encoded (characters outside a char-level vocabulary)."""
         try:
-            ids = tokenizer.encode(prompt)
+            ids, passage = encode_prompt(tokenizer, prompt)
         except UserError:
             return None
-        constraint = passage_constraint(tokenizer, prompt, end_tokens) if cfg.extractive else None
+        if passage and model.config.span_head:
+            text, at = read_span(model, tokenizer, ids, passage, device) or ("", -1)
+            return text, {"span_at": at}
+        constraint = passage_constraint(tokenizer, ids, passage, end_tokens) if cfg.extractive else None
         return "".join(first_line(stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype,
-                                              greedy=True, constraint=constraint))).strip()
+                                              greedy=True, constraint=constraint))).strip(), {}
 
     with atomic_write(output, "w") as out:  # in place only when complete
         scores = score_examples(examples, modes, answer, make_prompter(tokenizer, model.config.block_size, index),

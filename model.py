@@ -22,6 +22,8 @@ from torch.nn import functional as F
 from kazgpt.kernels import relu_squared, rotary_factors, rotate
 
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, for the QK-norm too
+# targets below the ignored -1 that mark a window's answer span for the span head (kazgpt/dataset.py)
+SPAN_START_TARGET, SPAN_END_TARGET, SPAN_BOTH_TARGET = -2, -3, -4
 
 # the architecture choices of GPTConfig: GPT-2's, and the newer one that train.py uses from scratch
 ARCHITECTURES = {
@@ -44,6 +46,7 @@ class GPTConfig:
     position_encoding: str = "learned"  # 'learned' (GPT-2's position embeddings) or 'rope' (rotary)
     mlp_activation: str = "gelu"  # 'gelu' (GPT-2's) or 'relu2' (ReLU squared)
     qk_norm: bool = False  # each head's queries and keys LayerNorm-ed (no gain, no bias) before attention
+    span_head: bool = False  # start and end logits at every position, to point at an answer span (a reader)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -153,6 +156,8 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
+        if config.span_head:
+            self.span_head = nn.Linear(config.n_embd, 2, bias=False)
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections: std 0.02/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -177,7 +182,20 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
         """Logits for every position and the mean cross-entropy when targets are given (-1 is
-        ignored); otherwise logits for the last position only, which is all sampling needs."""
+        ignored; with a span head, the SPAN_*_TARGETs mark where a window's answer span starts and
+        ends, and the span loss is added); otherwise logits for the last position only,
+        which is all sampling needs."""
+        x = self.hidden_states(idx, cache)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab)
+        logits = self.lm_head(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.clamp(min=-1).reshape(-1), ignore_index=-1)
+        if self.config.span_head:
+            loss = loss + self.span_loss(self.span_head(x), targets)
+        return logits, loss
+
+    def hidden_states(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """The final normalized hidden states (B, T, C) of the tokens idx (after those in the cache)."""
         B, T = idx.size()
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -192,14 +210,28 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, rotary)
-        x = self.transformer.ln_f(x)
         if cache is not None:
             cache.length += T
-        if targets is not None:
-            logits = self.lm_head(x)  # (B, T, vocab)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
-        return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab)
+        return self.transformer.ln_f(x)
+
+    @staticmethod
+    def span_loss(span_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the start and end logits (B, T, 2) over each window's positions against
+        where its answer span starts and ends, over the windows that have one (else 0)."""
+        both = targets == SPAN_BOTH_TARGET
+        starts, ends = (targets == SPAN_START_TARGET) | both, (targets == SPAN_END_TARGET) | both  # (B, T)
+        rows = starts.any(1) & ends.any(1)
+        if not rows.any():
+            return span_logits.sum() * 0.0  # keeps every parameter in the graph (DDP)
+        logits = span_logits[rows].float()  # (R, T, 2)
+        return (F.cross_entropy(logits[..., 0], starts[rows].float().argmax(1)) +
+                F.cross_entropy(logits[..., 1], ends[rows].float().argmax(1))) / 2
+
+    def add_span_head(self) -> None:
+        """A span head, zero-initialized (every span equally likely), for finetuning a model without one."""
+        self.config.span_head = True
+        self.span_head = nn.Linear(self.config.n_embd, 2, bias=False, device=self.lm_head.weight.device)
+        torch.nn.init.zeros_(self.span_head.weight)
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context window, e.g. to finetune GPT-2 (1024) with a smaller block_size."""

@@ -24,9 +24,9 @@ from kazgpt.checkpoint import load_model
 from configurator import setting
 from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
-from kazgpt.engine import decode_one_token, first_line, line_end_tokens, passage_constraint, stream_text
+from kazgpt.engine import decode_one_token, first_line, line_end_tokens, passage_constraint, read_span, stream_text
 from kazgpt.kazqad import nfc
-from kazgpt.qa_examples import question_prompt
+from kazgpt.qa_examples import encode_prompt, question_prompt
 from kazgpt.retrieval import PassageIndex, open_index, read_collection
 
 
@@ -78,16 +78,23 @@ def read_context(value: str) -> tuple[str, str]:
     return (lines[0], " ".join(lines[1:])) if len(lines) > 1 else ("", lines[0])
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    ids = tokenizer.encode(prompt)
+def prompt_tokens(tokenizer, prompt: str, asking: bool) -> tuple[list[int], Optional[tuple[int, int]]]:
+    """The prompt's tokens and, for a question asked from a passage, where its title and passage lie."""
+    ids, passage = encode_prompt(tokenizer, prompt) if asking else (tokenizer.encode(prompt), None)
     if not ids:
         raise UserError("the prompt is empty: give a --start text")
-    return ids
+    return ids, passage
+
+
+def shown_span(answer: str, at: int, text: str) -> str:
+    """The answer marked in the passage text it was read from, with a few words around it."""
+    before, after = text[:at].split()[-6:], text[at + len(answer):].split()[:6]
+    return f"[read at character {at}: ...{' '.join(before)} «{answer}» {' '.join(after)}...]"
 
 
 def answer_questions(lines, tokenizer, generate, ask) -> None:
     """Interactive mode: each line read is a question, asked in the training layout by ask(question)
-    -> (prompt, a line to show before the answer or None); the answer, generate(ids, prompt), streams
+    -> (prompt, a line to show before the answer or None); the answer, generate(ids, passage), streams
     back until its line ends. A question that cannot be asked is reported and the session goes on."""
     print("Ask a question (Ctrl-D to end).", file=sys.stderr)
     for line in lines:
@@ -96,13 +103,13 @@ def answer_questions(lines, tokenizer, generate, ask) -> None:
             continue
         try:
             prompt, source = ask(question)
-            ids = encode_prompt(tokenizer, prompt)
+            ids, passage = prompt_tokens(tokenizer, prompt, asking=True)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             continue
         if source:
             print(source, flush=True)
-        for piece in first_line(generate(ids, prompt)):
+        for piece in first_line(generate(ids, passage)):
             print(piece, end="", flush=True)
         print(flush=True)
 
@@ -148,9 +155,13 @@ def main(argv: list[str]) -> None:
     extract = asking and cfg.extractive
     end_tokens = line_end_tokens(tokenizer) if extract else []
 
-    def generate(ids: list[int], prompt: str):
-        """The streamed continuation of a prompt; a reading prompt's answer kept to its passage if extract."""
-        constraint = passage_constraint(tokenizer, prompt, end_tokens) if extract else None
+    def generate(ids: list[int], passage: Optional[tuple[int, int]]):
+        """The streamed continuation of a prompt; a reading prompt's answer kept to its passage if extract,
+        or read off it by a span head (then shown in its place)."""
+        if passage and model.config.span_head:
+            text, at = read_span(model, tokenizer, ids, passage, device) or ("", -1)
+            return iter([f" {text}\n", shown_span(text, at, tokenizer.decode(ids[passage[0]:passage[1]]))])
+        constraint = passage_constraint(tokenizer, ids, passage, end_tokens) if extract else None
         return stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype, cfg.temperature, cfg.top_k,
                            cfg.top_p, generator=generator, decode_step=decode_step, constraint=constraint)
     ask = make_asker(source, tokenizer, model.config.block_size)
@@ -165,11 +176,14 @@ def main(argv: list[str]) -> None:
         prompt, source = ask(question)
         if source:
             print(source, flush=True)
-    ids = encode_prompt(tokenizer, prompt)
+    ids, passage = prompt_tokens(tokenizer, prompt, asking)
     for _ in range(cfg.num_samples):
         print(prompt, end="", flush=True)
-        for piece in first_line(generate(ids, prompt)) if asking else generate(ids, prompt):  # an answer is a line
+        pieces = generate(ids, passage)
+        for piece in first_line(pieces) if asking else pieces:  # an answer is a line
             print(piece, end="", flush=True)
+        if passage and model.config.span_head:
+            print("\n" + next(pieces), end="", flush=True)
         print("\n---------------", flush=True)
 
 

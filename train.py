@@ -80,6 +80,7 @@ class TrainConfig:
     position_encoding: str = setting("rope", choices=("rope", "learned"))  # rotary, or GPT-2's embeddings
     mlp_activation: str = setting("relu2", choices=("relu2", "gelu"))  # ReLU squared, or GPT-2's GELU
     qk_norm: bool = True  # LayerNorm each head's queries and keys (no gain)
+    span_head: bool = False  # learn to point at a QA example's answer in its passage (added when finetuning)
     # optimizer: 'muon' (Muon for the blocks' matrices, AdamW for the rest) or 'adamw' (AdamW for all);
     # None: muon from scratch, adamw from transformers weights, else the one the checkpoint was made with
     optimizer: Optional[str] = setting(None, choices=OPTIMIZERS)
@@ -141,7 +142,7 @@ def build_model(cfg: TrainConfig, meta: dict, given: dict) -> tuple[GPT, Optiona
         padded_vocab = -(-meta["vocab_size"] // 64) * 64  # a multiple of 64 makes the output matmul faster
         try:
             return GPT(GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab, dropout=cfg.dropout,
-                                 **{k: getattr(cfg, k) for k in ARCHITECTURE_KEYS})), None
+                                 span_head=cfg.span_head, **{k: getattr(cfg, k) for k in ARCHITECTURE_KEYS})), None
         except ValueError as e:
             raise UserError(f"{e}: change the model's settings (--n_head, --n_embd)") from None
     model, checkpoint = start_model(cfg.init_from, Path(cfg.out_dir), meta["tokenizer"], meta["vocab_size"],
@@ -150,6 +151,8 @@ def build_model(cfg: TrainConfig, meta: dict, given: dict) -> tuple[GPT, Optiona
         raise UserError(f"block_size {cfg.block_size} is larger than {cfg.init_from}'s {model.config.block_size}: "
                         f"use --block_size={model.config.block_size} or less")
     model.crop_block_size(cfg.block_size)
+    if cfg.span_head and not model.config.span_head:
+        model.add_span_head()
     for key in ARCHITECTURE_KEYS:
         if key in given and given[key] != getattr(model.config, key):
             raise UserError(f"{key}={given[key]} cannot be honoured: init_from={cfg.init_from} gives a model with "

@@ -12,6 +12,7 @@ log_interval = 20
 keep_checkpoints = 'latest'
 
 dataset = 'qazdata_qa'
+span_head = True  # reading questions are answered by pointing at the span in the passage (eval_qa.py)
 gradient_accumulation_steps = 1
 batch_size = 8
 block_size = 128

@@ -8,8 +8,10 @@ the .bin files), the val text's UTF-8 bytes (for bits per byte) and the dataset'
   text  documents one after another; a batch is random windows of the token file.
   qa    question-answering examples one after another (kazgpt/qa_examples.py), each at most
         meta["block_size"] tokens, with train.mask/val.mask beside the .bin files: one uint8 per
-        token, bit 1 (LOSS) on answer tokens, the only ones the loss counts, and bit 2 (START) on
-        the first token of each example. A batch is windows that start at example starts.
+        token, bit 1 (LOSS) on answer tokens, the only ones the loss counts, bit 2 (START) on
+        the first token of each example, and bits 4 and 8 (SPAN_START, SPAN_END) on the passage
+        tokens where a reading example's answer starts and ends, which a span head learns to point
+        at. A batch is windows that start at example starts.
 """
 from __future__ import annotations
 
@@ -26,10 +28,14 @@ from kazgpt import REPO_ROOT
 from kazgpt.cli import UserError
 from kazgpt.files import atomic_write, write_text
 from kazgpt.tokenizer import Tokenizer
+from model import SPAN_BOTH_TARGET, SPAN_END_TARGET, SPAN_START_TARGET
 
 
 UINT16_VOCAB = 65536  # token ids 0..65535
 LOSS, START = 1, 2  # bits of a mask file: the token is an answer token / the first token of an example
+SPAN_START, SPAN_END = 4, 8  # ... the first / last token of the answer's span in the passage
+# a batch's targets y carry the span where they count nothing else (passage tokens), as model.py's values
+SPAN_TARGETS = {SPAN_START: SPAN_START_TARGET, SPAN_END: SPAN_END_TARGET, SPAN_START | SPAN_END: SPAN_BOTH_TARGET}
 
 
 def dataset_out_dir(path: Optional[str], script: str) -> Path:
@@ -167,10 +173,12 @@ class ExampleSplit:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def windows(self, batch_size: int, block_size: int, generator, packed: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Token windows (B, T+1) from random example starts and whether each token's loss counts:
-        the answer tokens of the window's first example, and with packed those of the examples after
-        it in the window too (else the rest of the window is padding)."""
+    def windows(self, batch_size: int, block_size: int, generator,
+                packed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token windows (B, T+1) from random example starts, whether each token's loss counts (the
+        answer tokens of the window's first example, and with packed those of the examples after it
+        in the window too, else the rest of the window is padding) and the span bits of the first
+        example (a window has one span to point at)."""
         import torch
 
         starts = self.starts[torch.randint(len(self.starts), (batch_size,), generator=generator).numpy()]
@@ -179,9 +187,10 @@ class ExampleSplit:
         positions = np.minimum(positions, len(self.tokens) - 1)
         flags = self.mask[positions]
         counts = (flags & LOSS).astype(bool) & inside
+        first = (np.cumsum((flags & START) > 0, axis=1) <= 1) & inside
         if not packed:
-            counts &= np.cumsum((flags & START) > 0, axis=1) <= 1
-        return self.tokens[positions].astype(np.int64), counts
+            counts &= first
+        return self.tokens[positions].astype(np.int64), counts, np.where(first, flags & (SPAN_START | SPAN_END), 0)
 
 
 def open_token_files(data_dir: Path, kind: str = "text") -> dict:
@@ -210,13 +219,15 @@ def batch_generator(*key: int):
 def get_batch(data, batch_size: int, block_size: int, generator, device: str, packed: bool = True):
     """x, y (B, T): random windows of the token file and the same windows shifted by one. From an
     ExampleSplit, windows that start at examples, with y = -1 (ignored by the loss) where the loss
-    does not count."""
+    does not count, or the SPAN_TARGETS of the first example's answer span where it starts and ends."""
     import torch
 
     if isinstance(data, ExampleSplit):
-        windows, counts = data.windows(batch_size, block_size, generator, packed)
+        windows, counts, span = data.windows(batch_size, block_size, generator, packed)
         windows, counts = torch.from_numpy(windows), torch.from_numpy(counts)
         x, y = windows[:, :-1], windows[:, 1:].masked_fill(~counts[:, 1:], -1)
+        for bits, target in SPAN_TARGETS.items():  # on x's positions: the span head reads token t at t
+            y = y.masked_fill(torch.from_numpy(span[:, :-1] == bits), target)
     else:
         starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
         windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)

@@ -11,7 +11,9 @@ the cached path is tested against.
 
 An answer read from a passage may be kept extractive (SpanConstraint): every token chosen must
 continue a run of whole words of the passage's own tokens, so the answer is a span of the passage;
-the model still decides where the span starts and ends.
+the model still decides where the span starts and ends. A model with a span head answers a
+reading prompt without generating: read_span takes the best-scoring span of whole words of the
+passage (best_span), up to MAX_SPAN_TOKENS long.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from torch.nn import functional as F
 from kazgpt.device import autocast_context
 from kazgpt.tokenizer import Tokenizer
 from model import GPT, KVCache
+
+MAX_SPAN_TOKENS = 16  # the longest answer a span head gives (KazQAD's answers are about 2 words)
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -187,18 +191,51 @@ def word_starts(pieces: Sequence[str]) -> list[bool]:
             for i in range(len(pieces))]
 
 
+def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, may_start: torch.Tensor, may_end: torch.Tensor,
+              max_len: int) -> Optional[tuple[int, int]]:
+    """The span (i, j), i <= j < i + max_len, with the highest start_logits[i] + end_logits[j] among
+    those that start where may_start and end where may_end (bool, like the logits (T,)); None if
+    there is none."""
+    T = start_logits.numel()
+    i, j = torch.arange(T).view(-1, 1), torch.arange(T).view(1, -1)
+    allowed = (j >= i) & (j - i < max_len) & may_start.view(-1, 1) & may_end.view(1, -1)  # (T, T)
+    if not allowed.any():
+        return None
+    scores = (start_logits.float().view(-1, 1) + end_logits.float().view(1, -1)).masked_fill(~allowed, float("-inf"))
+    best = int(scores.argmax())
+    return best // T, best % T
+
+
+@torch.no_grad()
+def read_span(model: GPT, tokenizer: Tokenizer, ids: list[int], passage: tuple[int, int],
+              device: str) -> Optional[tuple[str, int]]:
+    """A span head's answer to a reading prompt (ids, with the title and passage at ids[a:b]): the
+    text of the best span of whole words there, and where it starts in that text."""
+    a, b = passage
+    pieces = [tokenizer.decode([t]) for t in ids[a:b]]
+    starts = word_starts(pieces) + [True]  # a word starts after the passage's end
+    span_logits = model.span_head(model.hidden_states(torch.tensor([ids], device=device)))[0, a:b].cpu()  # (P, 2)
+    is_text = torch.tensor([bool(p.strip()) for p in pieces])
+    span = best_span(span_logits[:, 0], span_logits[:, 1], torch.tensor(starts[:-1]) & is_text,
+                     torch.tensor(starts[1:]) & is_text, MAX_SPAN_TOKENS)
+    if span is None:
+        return None
+    before, text = tokenizer.decode(ids[a:a + span[0]]), tokenizer.decode(ids[a + span[0]:a + span[1] + 1])
+    return text.strip(), len(before) + len(text) - len(text.lstrip())
+
+
 def line_end_tokens(tokenizer: Tokenizer) -> list[int]:
     """The ids whose text holds a newline (what ends an answer)."""
     return [i for i in range(tokenizer.vocab_size) if "\n" in tokenizer.decode([i])]
 
 
-def passage_constraint(tokenizer: Tokenizer, prompt: str, end_tokens: list[int]) -> Optional[SpanConstraint]:
-    """For a reading prompt ('<title>\\n<passage>\\n<question>:', the question on its last line), the
-    constraint that keeps the answer to a span of whole words of title and passage; None for a
-    closed-book prompt."""
-    if "\n" not in prompt or not end_tokens:  # closed-book, or a vocabulary without a line end
+def passage_constraint(tokenizer: Tokenizer, ids: list[int], passage: Optional[tuple[int, int]],
+                       end_tokens: list[int]) -> Optional[SpanConstraint]:
+    """For a reading prompt (ids, with its title and passage at ids[a:b]), the constraint that keeps
+    the answer to a span of whole words of them; None for a closed-book prompt (passage None)."""
+    if passage is None or not end_tokens:  # closed-book, or a vocabulary without a line end
         return None
-    source = tokenizer.encode(prompt[:prompt.rindex("\n") + 1])
+    source = ids[passage[0]:passage[1]]
     return SpanConstraint(source, end_tokens, word_starts([tokenizer.decode([t]) for t in source]))
 
 

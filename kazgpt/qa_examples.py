@@ -1,8 +1,13 @@
 """Question-answering training examples: a prompt in the training layout, then the answer, with
 the loss counted on the answer's tokens only.
 
-    reading      '<title>\\n<passage>\\n<question>:' + ' <answer>\\n'
-    closed_book  '<question>:'                      + ' <answer>\\n'
+    reading      '<question>\\n<title>\\n<passage>\\n<question>:' + ' <answer>\\n'
+    closed_book  '<question>:'                                   + ' <answer>\\n'
+
+A reading prompt asks its question first, so that a causal model reads the passage knowing what
+is asked (a span head then points at the answer in it: SPAN_START/SPAN_END of kazgpt/dataset.py),
+and again after it, where the answer is written. The three parts of a reading prompt are encoded
+apart (encode_prompt), so that the passage's tokens are the same wherever it is asked.
 
 A reading example's passage is cut to fit the context (fit_passage): whole sentences around the
 one that holds the answer, so the answer span is never cut. A model answering a new question has
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from kazgpt.cli import UserError
-from kazgpt.dataset import LOSS, START
+from kazgpt.dataset import LOSS, SPAN_END, SPAN_START, START
 from kazgpt.kazqad import clean_question, format_qa, nfc, passage_header, passage_key
 from kazgpt.tokenizer import Tokenizer
 
@@ -37,6 +42,7 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 class QAExample:
     prompt: str  # ends with ':'
     answer: str  # ' <answer>\n'
+    answer_at: int = -1  # where the answer starts in the prompt's passage (reading examples)
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -95,7 +101,28 @@ def _fit_words(context: str, focus: tuple[int, int], a: int, b: int, fits) -> Op
 
 
 def reading_prompt(title: str, passage: str, question: str) -> str:
-    return passage_header(title, passage) + format_qa(question)
+    return f"{question}\n" + passage_header(title, passage) + format_qa(question)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> tuple[list[int], Optional[tuple[int, int]]]:
+    """The prompt's tokens, a reading prompt's three parts (question line, title and passage, question
+    line) encoded apart, and where the title and passage lie among them (None for a closed-book one)."""
+    if "\n" not in prompt:
+        return tokenizer.encode(prompt), None
+    a, b = prompt.index("\n") + 1, prompt.rindex("\n") + 1
+    first, passage = tokenizer.encode(prompt[:a]), tokenizer.encode(prompt[a:b])
+    return first + passage + tokenizer.encode(prompt[b:]), (len(first), len(first) + len(passage))
+
+
+def token_span(tokenizer: Tokenizer, ids: list[int], start: int, end: int) -> Optional[tuple[int, int]]:
+    """The first and last of the tokens ids (a text's encoding) that hold characters start..end-1 of
+    the text, found by decoding ever longer prefixes; None where the text has no such characters.
+    A byte-level token may hold part of a character: the first token holds any of the first
+    character's bytes, the last one completes the last character."""
+    prefixes = [tokenizer.decode(ids[:k + 1]) for k in range(len(ids))]  # a partial character decodes as U+FFFD
+    first = next((k for k, text in enumerate(prefixes) if len(text) > start), None)
+    last = next((k for k, text in enumerate(prefixes) if len(text.rstrip("\ufffd")) >= end), None)
+    return None if first is None or last is None else (first, last)
 
 
 def answer_text(answer: str) -> str:
@@ -112,7 +139,11 @@ def reading_example(title: str, context: str, question: str, answer: str, answer
             return None
     budget = block_size - max(ANSWER_RESERVE, len(tokenizer.encode(answer_text(answer))))
     passage = fit_passage(title, context, question, (answer_start, answer_start + len(answer)), tokenizer, budget)
-    return None if passage is None else QAExample(reading_prompt(title, passage, question), answer_text(answer))
+    if passage is None:
+        return None
+    passage_start = context.rfind(passage, 0, answer_start + len(passage))  # the stretch that holds the answer
+    at = answer_start - passage_start + (len(title) + 1 if title else 0)  # in the title-and-passage part
+    return QAExample(reading_prompt(title, passage, question), answer_text(answer), at)
 
 
 def question_prompt(question: str, tokenizer: Tokenizer, block_size: int, title: str = "",
@@ -315,15 +346,23 @@ def encode_examples(examples: list[QAExample], tokenizer: Tokenizer,
                     question_loss: bool = False) -> tuple[list[int], list[int]]:
     """Token ids of the examples one after another (each ended by the end-of-text token where the
     tokenizer has one) and their mask: START on each example's first token, LOSS on answer tokens,
-    and with question_loss on the tokens of the question line too (a reading example's question
-    repeats words of its passage, so predicting them trains the copying an answer needs)."""
+    and with question_loss on the tokens of the last question line too (a reading example's
+    question repeats words of its passage, so predicting them trains the copying an answer needs);
+    SPAN_START and SPAN_END on the passage tokens where a reading example's answer starts and ends."""
     ids, mask = [], []
     for ex in examples:
-        cut = ex.prompt.rfind("\n") + 1  # the question line starts here (0: a closed-book prompt)
-        head, question = tokenizer.encode(ex.prompt[:cut]) if cut else [], tokenizer.encode(ex.prompt[cut:])
+        prompt, passage = encode_prompt(tokenizer, ex.prompt)
         answer = tokenizer.encode(ex.answer)
         end = [tokenizer.eot_token] if tokenizer.eot_token is not None else []
-        ids += head + question + answer + end
-        marks = [0] * len(head) + [LOSS if question_loss else 0] * len(question) + [LOSS] * len(answer)
+        ids += prompt + answer + end
+        asked = passage[1] if passage else 0  # where the last question line starts
+        marks = [0] * asked + [LOSS if question_loss else 0] * (len(prompt) - asked) + [LOSS] * len(answer)
+        if passage and ex.answer_at >= 0:
+            a, b = passage
+            cut = ex.prompt.index("\n") + 1
+            found = token_span(tokenizer, prompt[a:b], ex.answer_at, ex.answer_at + len(ex.answer.strip()))
+            if found is not None and ex.prompt[cut:].startswith(ex.answer.strip(), ex.answer_at):
+                marks[a + found[0]] |= SPAN_START
+                marks[a + found[1]] |= SPAN_END
         mask += [START] + marks[1:] + [0] * len(end)  # the first token follows another example: never counted
     return ids, mask

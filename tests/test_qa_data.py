@@ -1,6 +1,7 @@
-"""Question-answering finetuning data: the answer span survives every cut, the loss counts answer
-tokens only (against a hand computation), cloze questions come from training passages only, and
-finetuning from an earlier run checks the tokenizer."""
+"""Question-answering finetuning data: the answer span survives every cut and the span bits point at
+it, the loss counts answer tokens only (against a hand computation), the span head's decoding against
+a brute-force search, cloze questions come from training passages only, and finetuning from an
+earlier run checks the tokenizer."""
 import json
 
 import numpy as np
@@ -11,9 +12,11 @@ import torch.nn.functional as F
 from conftest import KAZQAD_VAL, run
 from kazgpt.dataset import ExampleSplit, get_batch, batch_generator, open_token_files
 from kazgpt.kazqad import passage_key, read_kazqad_examples, split_rows
-from kazgpt.qa_examples import (LOSS, START, QAExample, cloze_examples, cloze_question, encode_examples, first_answer,
-                                fit_passage, question_prompt, reading_example, sentence_spans)
-from kazgpt.tokenizer import CharTokenizer
+from kazgpt.dataset import SPAN_END, SPAN_START
+from kazgpt.engine import best_span
+from kazgpt.qa_examples import (LOSS, START, QAExample, cloze_examples, cloze_question, encode_examples, encode_prompt,
+                                first_answer, fit_passage, question_prompt, reading_example, sentence_spans)
+from kazgpt.tokenizer import CharTokenizer, HFTokenizer, train_byte_level_bpe
 from model import GPT, GPTConfig
 
 
@@ -29,7 +32,7 @@ def kazqad_rows():
     return [json.loads(line) for line in KAZQAD_VAL.read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.mark.parametrize("block_size", [96, 160, 400])
+@pytest.mark.parametrize("block_size", [160, 256, 400])
 def test_reading_examples_never_cut_the_answer(kazqad_rows, block_size):
     """Every KazQAD question at three context sizes: where a reading example is made, its passage is
     a stretch of the original that holds the answer at its place, and prompt plus answer fit."""
@@ -42,12 +45,15 @@ def test_reading_examples_never_cut_the_answer(kazqad_rows, block_size):
         if ex is None:  # the title, the question and the answer's words alone do not fit
             continue
         made += 1
-        passage = ex.prompt[len(f"{title}\n" if title else ""):ex.prompt.rindex("\n")]  # passages may hold newlines
+        asked, rest = ex.prompt.split("\n", 1)  # the question first, then title and passage, then the question
+        assert asked == row["question"].strip() and rest.endswith(f"\n{asked}:")
+        passage = rest[len(f"{title}\n" if title else ""):rest.rindex("\n")]  # passages may hold newlines
         offset = context.find(passage)
         assert offset >= 0 and offset <= start and start + len(answer) <= offset + len(passage)
+        assert rest[ex.answer_at:ex.answer_at + len(answer)] == answer  # where the span bits will point
         assert ex.answer == f" {answer}\n"
         assert len(tokenizer.encode(ex.prompt + ex.answer)) <= block_size
-    assert made >= (0.9 if block_size > 96 else 0.3) * len(kazqad_rows)
+    assert made >= (0.9 if block_size > 160 else 0.3) * len(kazqad_rows)
 
 
 def test_fit_passage_keeps_whole_sentences_around_the_focus():
@@ -56,11 +62,11 @@ def test_fit_passage_keeps_whole_sentences_around_the_focus():
     spans = sentence_spans(context)
     assert len(spans) == 4 and "".join(context[a:b] for a, b in spans) == context
     focus = (context.index("Үшінші"), context.index("Үшінші") + 6)
-    full = len(tokenizer.encode("Т\n" + context + "\nсұрау?:"))
+    full = len(tokenizer.encode("сұрау?\nТ\n" + context + "\nсұрау?:"))  # the question comes first and last
     assert fit_passage("Т", context, "сұрау?", focus, tokenizer, full) == context
     two = fit_passage("Т", context, "сұрау?", focus, tokenizer, full - len("Бірінші сөйлем. "))
     assert two == "Екінші сөйлем мұнда. Үшінші сөйлем. Төртінші сөйлем осы."
-    words_only = fit_passage("Т", context, "сұрау?", focus, tokenizer, len("Т\nҮшінші сөйлем.\nсұрау?:") + 1)
+    words_only = fit_passage("Т", context, "сұрау?", focus, tokenizer, len("сұрау?\nТ\nҮшінші сөйлем.\nсұрау?:") + 1)
     assert words_only == "Үшінші сөйлем."
     assert fit_passage("Т", context, "сұрау?", focus, tokenizer, 5) is None
 
@@ -68,8 +74,8 @@ def test_fit_passage_keeps_whole_sentences_around_the_focus():
 def test_question_prompt_centres_on_the_sentence_that_shares_the_question_words():
     context = "Алма ағашы бақта өседі. Абай 1845 жылы туған. Ол ақын болған. Өзен ұзын."
     tokenizer = CharTokenizer("".join(sorted(set(context + "\n :Абай қашан туған?"))))
-    prompt = question_prompt("Абай қашан туған?", tokenizer, 24 + 16 + len("Абай қашан туған?:") + 1, "", context)
-    assert prompt == "Абай 1845 жылы туған.\nАбай қашан туған?:"
+    prompt = question_prompt("Абай қашан туған?", tokenizer, 24 + 16 + 2 * len("Абай қашан туған?:") + 1, "", context)
+    assert prompt == "Абай қашан туған?\nАбай 1845 жылы туған.\nАбай қашан туған?:"
     assert question_prompt("Абай қашан туған?", tokenizer, 256) == "Абай қашан туған?:"
 
 
@@ -82,7 +88,7 @@ def test_cloze_answers_are_swapped_so_they_must_be_read():
     for seed in range(5):
         for ex in cloze_examples([("Абай", context)], 3, tokenizer, 200, seed):
             question, answer = ex.prompt.split("\n")[-1], ex.answer.strip()
-            assert question.endswith("?:") and answer not in question and answer in ex.prompt.split("\n")[1]
+            assert question.endswith("?:") and answer not in question and answer in ex.prompt.split("\n")[2]
             if answer.isdigit():
                 assert len(answer) == 4 and "1845" not in ex.prompt and "қай" in question.split()
             made += 1
@@ -171,8 +177,8 @@ def test_prepare_cloze_from_train_passages_only_and_finetune_checks_tokenizer(ka
     cloze = [t for t in texts if t.strip() and t.split("\n")[-2].rsplit(": ", 1)[0] not in asked]  # 'question: answer'
     assert len(cloze) > 300
     for text in cloze:
-        lines = text.split("\n")  # title, the passage's lines, 'question: answer', ''
-        passage, answer = "\n".join(lines[1:-2]), lines[-2].rsplit(": ", 1)[1]
+        lines = text.split("\n")  # the question, title, the passage's lines, 'question: answer', ''
+        passage, answer = "\n".join(lines[2:-2]), lines[-2].rsplit(": ", 1)[1]
         # around the swapped-in answer, the passage is a stretch of a training passage (a sentence may also
         # occur in a held-out passage of the same article, so that is not checked)
         for piece in passage.split(answer):
@@ -192,3 +198,54 @@ def test_prepare_cloze_from_train_passages_only_and_finetune_checks_tokenizer(ka
     run("train.py", f"--data_dir={tmp_path / 'char'}", f"--init_from={tmp_path / 'pre'}",
         f"--out_dir={tmp_path / 'ft'}", *tiny, "--block_size=128")
     assert (tmp_path / "ft" / "ckpt.pt").exists()
+
+
+@pytest.mark.parametrize("kind", ["char", "kazakh_bpe"])
+def test_span_bits_point_at_the_answer(kazqad_rows, kind):
+    """encode_examples marks the first and last token of each reading example's answer in the passage:
+    the tokens between them hold the answer (whole, with nothing more than the pieces of the tokens
+    it begins and ends in), and a batch carries them to the span head as targets."""
+    rows = kazqad_rows[:150]
+    tokenizer = char_tokenizer(rows) if kind == "char" else HFTokenizer(train_byte_level_bpe(
+        [r["context"] for r in kazqad_rows], 600))
+    examples = [e for e in (reading_example(*passage_key(r), r["question"], *first_answer(r), tokenizer, 160)
+                            for r in rows) if e is not None]
+    ids, mask = encode_examples(examples, tokenizer)
+    starts = [i for i, m in enumerate(mask) if m & START] + [len(ids)]
+    for ex, a, b in zip(examples, starts, starts[1:]):
+        prompt, (lo, hi) = encode_prompt(tokenizer, ex.prompt)
+        assert ids[a:a + len(prompt)] == prompt
+        first = [i - a for i in range(a, b) if mask[i] & SPAN_START]
+        last = [i - a for i in range(a, b) if mask[i] & SPAN_END]
+        assert len(first) == len(last) == 1 and lo <= first[0] <= last[0] < hi
+        read = tokenizer.decode(prompt[first[0]:last[0] + 1])
+        assert ex.answer.strip() in read
+        if kind == "char":
+            assert read == ex.answer.strip()
+        else:  # no token less would hold it
+            assert ex.answer.strip() not in tokenizer.decode(prompt[first[0] + 1:last[0] + 1])
+            assert ex.answer.strip() not in tokenizer.decode(prompt[first[0]:last[0]])
+    split = ExampleSplit(np.array(ids, dtype=np.uint16), np.array(mask, dtype=np.uint8))
+    x, y = get_batch(split, 8, 160, batch_generator(0, 0, 0), "cpu", packed=True)
+    for row in range(8):  # the targets below -1 point at x's tokens of the window's first example's answer
+        start, end = (y[row] == -2) | (y[row] == -4), (y[row] == -3) | (y[row] == -4)
+        assert start.sum() == end.sum() == 1
+        read = tokenizer.decode(x[row, start.nonzero().item():end.nonzero().item() + 1].tolist())
+        asked = tokenizer.decode(x[row].tolist()).split("\n", 1)[0]
+        assert any(ex.prompt.startswith(asked + "\n") and ex.answer.strip() in read for ex in examples)
+
+
+def test_best_span_against_brute_force():
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        T = int(torch.randint(1, 12, (1,), generator=generator))
+        start, end = torch.randn(T, generator=generator), torch.randn(T, generator=generator)
+        may_start, may_end = torch.rand(T, generator=generator) < 0.7, torch.rand(T, generator=generator) < 0.7
+        max_len = int(torch.randint(1, 6, (1,), generator=generator))
+        candidates = [(start[i] + end[j], i, j) for i in range(T) for j in range(i, min(T, i + max_len))
+                      if may_start[i] and may_end[j]]
+        found = best_span(start, end, may_start, may_end, max_len)
+        if not candidates:
+            assert found is None
+        else:
+            assert found == max(candidates)[1:]
