@@ -70,11 +70,13 @@ def coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     raise UserError(f"{key} must be {expected}, got {value!r} from {source}")
 
 
-def check_bounds(config: Any) -> None:
-    """Every value against the bounds or choices its field declares (None passes: it means 'the default')."""
+def check_bounds(config: Config) -> Config:
+    """Every value against the bounds or choices its field declares (None passes: it means 'the
+    default'); the config itself, checked."""
     for f in dataclasses.fields(config):
         if f.metadata and getattr(config, f.name) is not None:
             check_value(f.name, getattr(config, f.name), dict(f.metadata))
+    return config
 
 
 def parse_cli_value(raw: str, annotation: Any) -> Any:

@@ -12,9 +12,9 @@ layout and answered greedily (KV cache) until the end of the answer's line, in t
 
 With a passage (reading, open), a model with a span head (train.py --span_head) answers with the
 best span of whole words of the passage (kazgpt/engine.py's read_span), and the per-question output
-gives where it starts; without one, the answer is generated and kept to a span of the passage,
-the model choosing where it starts and stops (--extractive=True, SpanConstraint); --extractive=False
-lets the model write anything. Answers are
+gives where it starts; without one (or with --span_head=False), the answer is generated and kept
+to a span of the passage, the model choosing where it starts and stops (--extractive=True,
+SpanConstraint); --extractive=False lets the model write anything. Answers are
 scored with Exact Match and token F1, SQuAD-style, normalized for Kazakh (lower-casing that
 covers әғқңөұүһі, punctuation turned into spaces so that 'Г.Мендель' is two words, spaces
 collapsed; with several gold answers the best one counts).
@@ -66,6 +66,7 @@ class EvalConfig:
     # reading and open answers are spans of the passage in the prompt, the model picking where each starts and
     # ends (kazgpt.engine.SpanConstraint); False: whatever the model writes
     extractive: bool = True
+    span_head: bool = True  # a model with a span head reads answers off the passage; False: it generates them
     limit: Optional[int] = setting(None, min=1)  # ask only the first N questions
     output: Optional[str] = None  # per-question JSON Lines; None: <out_dir>/eval_qa_<split>.jsonl
     device: Optional[str] = None
@@ -167,7 +168,7 @@ def main(argv: list[str]) -> None:
             ids, passage = encode_prompt(tokenizer, prompt)
         except UserError:
             return None
-        if passage and model.config.span_head:
+        if passage and model.config.span_head and cfg.span_head:
             text, at = read_span(model, tokenizer, ids, passage, device) or ("", -1)
             return text, {"span_at": at}
         constraint = passage_constraint(tokenizer, ids, passage, end_tokens) if cfg.extractive else None

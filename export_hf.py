@@ -98,6 +98,9 @@ def main(argv: list[str]) -> None:
         record = {"source": str(path), "iter_num": ckpt["iter_num"], "tokenizer": ckpt["tokenizer"]}
         (tmp / EXPORT_RECORD).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
     print(f"exported a {type(hf).__name__} {sorted(p.name for p in folder.iterdir())} to {folder}")
+    if ckpt["model_args"].get("span_head"):
+        print("its span head stays behind (a transformers language model has no place for it): reading questions "
+              "are answered there by generation")
 
 
 if __name__ == "__main__":

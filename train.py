@@ -9,8 +9,7 @@ DDP on one node with 8 GPUs:
 
 DDP on 2 nodes (run on each, node_rank 0 and 1; master_addr is node 0's; NCCL_IB_DISABLE=1 without Infiniband):
 
-    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 \\
-        train.py config/train_gpt2.py
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 train.py ...
 
 Settings are the TrainConfig fields below, overridden by config files and --key=value flags
 (configurator.py). A run's folder (out_dir) holds its checkpoints, from which a run continues
@@ -55,8 +54,8 @@ class TrainConfig:
     eval_only: bool = False  # evaluate once and exit
     keep_checkpoints: str = setting("both", choices=("latest", "best", "both"))  # ckpt.pt at every eval, best.pt
     overwrite: bool = False  # replace the run in out_dir (its files go at this run's first checkpoint)
-    # 'scratch', 'resume' (from out_dir), 'gpt2*', a transformers GPT-2 folder, or an earlier run of this
-    # repo to finetune (its out_dir or a checkpoint file: the weights, with a new optimizer state)
+    # 'scratch', 'resume' (from out_dir), a run of this repo to finetune (its out_dir or a checkpoint file: the
+    # weights, a new optimizer state), or a transformers model (gpt2*, a folder, a hub name 'owner/name')
     init_from: str = "scratch"
     # wandb logging
     wandb_log: bool = False
@@ -259,8 +258,7 @@ def read_back(step_losses: list, procs: Processes, first_iter: int) -> list[floa
 
 def main(argv: list[str]) -> int:
     given = configurator.load_overrides(TrainConfig, argv, verbose=is_rank0())
-    cfg = TrainConfig(**given)
-    configurator.check_bounds(cfg)
+    cfg = configurator.check_bounds(TrainConfig(**given))
     out_dir, resuming = Path(cfg.out_dir), cfg.init_from == "resume"
     check_out_dir(out_dir, cfg)
 
@@ -273,8 +271,7 @@ def main(argv: list[str]) -> int:
     accum_steps = cfg.gradient_accumulation_steps // procs.world_size  # micro-steps per process
     if device == "cpu":
         keep_freed_memory_for_reuse()
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = device.startswith("cuda")  # TF32 on CUDA
     dtype = resolve_dtype(cfg.dtype, device, training=True)
     autocast = autocast_context(device, dtype)
     use_compile = device.startswith("cuda") if cfg.compile is None else cfg.compile

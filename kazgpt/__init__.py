@@ -13,8 +13,9 @@ kazgpt.kernels, and every module here may import it.
     corpus        large corpora (OpenWebText, Kazakh Wikipedia) streamed into token files
     dataset       prepared datasets: writing and checking them, training batches
     checkpoint    checkpoint files, and the models runs start from
+    hf            this repo's GPT to and from transformers' GPT-2 and Persimmon classes
     optim         the optimizers (AdamW, Muon) and the learning-rate schedule
-    engine        generation: sampling, the KV-cache loop, streamed text, extractive answers
+    engine        generation: sampling, the KV-cache loop, streamed text, extractive answers, span reading
     retrieval     BM25 passage retrieval for open-domain QA
     metrics       scoring answers: Kazakh-aware normalization, Exact Match and F1
 

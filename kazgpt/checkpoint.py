@@ -26,7 +26,7 @@ from kazgpt.hf import GPT2_NAMES, load_transformers
 from kazgpt.tokenizer import Tokenizer, tokenizer_from_spec
 from model import GPT, GPTConfig
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: QK-norm is a LayerNorm per head (version 1's was an RMS norm)
 CHECKPOINT_NAMES = ("ckpt.pt", "best.pt")  # the latest state, and the one with the lowest val loss
 REQUIRED = {"model": dict, "model_args": dict, "tokenizer": dict, "iter_num": int, "best_val_loss": (int, float)}
 
@@ -48,6 +48,11 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"checkpoint {path} is damaged or not a checkpoint of this repo ({type(e).__name__}): "
                         "use another checkpoint (ckpt.pt or best.pt), or retrain") from None
     problem = None
+    if isinstance(ckpt, dict) and ckpt.get("version") == 1 and not (ckpt.get("model_args") or {}).get("qk_norm"):
+        ckpt["version"] = CHECKPOINT_VERSION  # without QK-norm, version 1's model is version 2's
+    if isinstance(ckpt, dict) and ckpt.get("version") == 1:
+        raise UserError(f"checkpoint {path} has the RMS QK-norm of this repo before its models exported to "
+                        "transformers (now a LayerNorm): retrain it, or sample it with commit 234ec61")
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         problem = "has no version this code reads"
     else:
@@ -84,6 +89,9 @@ def model_from_checkpoint(ckpt: dict, path: Optional[Path] = None, **overrides) 
 def load_pretrained(name_or_path: str, dropout: float = 0.0) -> tuple[GPT, dict]:
     """A transformers GPT-2 or Persimmon (GPT-2 by name, a folder, or a hub name) as this repo's GPT,
     with its tokenizer's spec."""
+    if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").is_file():
+        raise UserError(f"{name_or_path} holds neither a run of this repo (ckpt.pt, best.pt) nor a transformers model "
+                        "(config.json): point init_from at one, e.g. a folder written by export_hf.py")
     try:
         return load_transformers(name_or_path, dropout)
     except ValueError as e:  # loaded, but not a model this GPT can hold

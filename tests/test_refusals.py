@@ -40,6 +40,8 @@ def damage_checkpoint(path, how):
         path.write_bytes(b"not a checkpoint at all")
     elif how == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "version1":  # saved before QK-norm became a LayerNorm: the same file, another function
+        torch.save({**torch.load(path, weights_only=True), "version": 1}, path)
     else:  # a field missing
         state = torch.load(path, weights_only=True)
         del state[how]
@@ -87,8 +89,10 @@ CASES = [
     ("sample.py --out_dir={run} --temperature=0", "temperature must be above 0"),
     ("sample.py --out_dir={run} --top_p=1.5", "top_p must be above 0, at most 1, got 1.5"),
     ("sample.py --out_dir={run} --init_from=gpt3", "could not load 'gpt3'"),
+    ("sample.py --init_from={data}", "holds neither a run of this repo (ckpt.pt, best.pt) nor a transformers model"),
     ("sample.py --out_dir={new}", "no checkpoint in"),
     ("sample.py --out_dir={run} --checkpoint=ckpt.pt ?tokenizer", "lacks its 'tokenizer'"),
+    ("sample.py --out_dir={run} ?version1", "has the RMS QK-norm of this repo before"),
     ("eval_qa.py --out_dir={run} --modes=reading,nope", "--modes must be a comma-separated list"),
     ("eval_qa.py --out_dir={run} --limit=0", "limit must be at least 1"),
     ("eval_qa.py --out_dir={run} --checkpoint=ckpt.pt ?truncated", "is damaged"),

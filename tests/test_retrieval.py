@@ -126,7 +126,7 @@ def test_sample_answers_from_a_collection_with_its_source(bpe_model, tmp_path):
     proc = run("sample.py", *common, "--interactive", input_text="Балқаш көлі қандай?\nАбай қашан туған?\n")
     assert proc.stdout.splitlines()[0] == "[source: Балқаш]" and "[source: Абай]" in proc.stdout
     proc = run("sample.py", *common, "--start=Абай қашан туған?", "--num_samples=1")
-    assert proc.stdout.startswith("[source: Абай]\nАбай\n")
+    assert proc.stdout.startswith("[source: Абай]\nАбай қашан туған?\nАбай\n")  # the question, then its passage
     bad = run("sample.py", *common, "--context=Мәтін.", "--start=Сұрақ?", check=False)
     assert_one_line_error(bad, "--context and --collection")
     assert_one_line_error(run("sample.py", *common, "--start= :", check=False), "--start is empty")

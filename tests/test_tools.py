@@ -96,6 +96,31 @@ def test_eval_qa_single_split_asks_held_out_only(trained_char, tmp_path):
     assert "4 questions of the 2 passages held out of training" in proc.stdout
 
 
+def test_span_head_reads_answers_off_the_passage(trained_char, tmp_path):
+    """A model finetuned with a span head answers reading questions with a span of the passage:
+    eval_qa.py records where it starts, sample.py --context shows it in its place."""
+    src, qa, out = trained_char / "src", tmp_path / "qa", tmp_path / "out"
+    run("data/qazdata_qa/prepare.py", f"--source={src}", f"--tokenizer={trained_char / 'data'}", "--block_size=256",
+        "--cloze=4", f"--out_dir={qa}")
+    run("train.py", "config/finetune_qa.py", f"--data_dir={qa}", f"--out_dir={out}", "--init_from=scratch",
+        "--span_head=True", *TINY_MODEL, "--block_size=256", "--max_iters=10", "--eval_interval=10")
+    run("eval_qa.py", f"--out_dir={out}", f"--source={src}", "--modes=reading,closed_book", "--device=cpu")
+    contexts = {r["id"]: r["context"] for r in make_examples(20)}
+    rows = [json.loads(row) for row in (out / "eval_qa_validation.jsonl").read_text().splitlines()]
+    reading = [r for r in rows if r["mode"] == "reading"]
+    assert reading and all(r["prediction"] and r["prediction"] in contexts[r["id"]] and r["span_at"] >= 0
+                           for r in reading)
+    assert not any("span_at" in r for r in rows if r["mode"] == "closed_book")  # generated, not read
+    title, passage = "Өзен", "Өзен ұзындығы 105 шақырым, ағысы күшті. Қазақстан Орталық Азияда орналасқан."
+    lines = run("sample.py", f"--out_dir={out}", "--device=cpu", f"--context={title}\n{passage}",
+                "--start=Өзеннің ұзындығы қанша?", "--num_samples=1").stdout.splitlines()
+    shown = next(i for i, line in enumerate(lines) if line.startswith("[read at character "))
+    answer = lines[shown - 1].removeprefix("Өзеннің ұзындығы қанша?:").strip()  # the line before: 'question: answer'
+    shown = lines[shown]
+    at = int(shown.removeprefix("[read at character ").split(":")[0])
+    assert answer and f"«{answer}»" in shown and f"{title}\n{passage}"[at:at + len(answer)] == answer
+
+
 def test_plot(trained_char, tmp_path):
     png = tmp_path / "curve.png"
     run("plot.py", f"--out_dir={trained_char / 'out'}", f"--png={png}")
@@ -118,13 +143,14 @@ def test_interactive_sampling(trained_char):
 
 
 def test_questions_about_a_passage(trained_char, tmp_path):
-    """--context puts a passage before each question in the training layout (title line, passage,
-    question): printed before the sample with --start, one answer line per question interactively."""
+    """--context asks each question about a passage in the training layout (question, title line,
+    passage, question): printed before the sample with --start, one answer line per question
+    interactively."""
     passage = tmp_path / "passage.txt"
     passage.write_text("Т\nӨзен 101 км.\nАғысы күшті.\n", encoding="utf-8")  # fits the 64-character context
     proc = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", f"--context=FILE:{passage}",
                "--start=Ұзындығы?", "--num_samples=1", "--max_new_tokens=5")
-    assert proc.stdout.startswith("Т\nӨзен 101 км. Ағысы күшті.\nҰзындығы?:")
+    assert proc.stdout.startswith("Ұзындығы?\nТ\nӨзен 101 км. Ағысы күшті.\nҰзындығы?:")
     for extractive in ("True", "False"):
         proc = run("sample.py", f"--out_dir={trained_char / 'out'}", "--device=cpu", f"--context=FILE:{passage}",
                    "--start=Ұзындығы?", "--num_samples=3", "--max_new_tokens=12", f"--extractive={extractive}")
