@@ -47,13 +47,12 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as e:
         raise UserError(f"checkpoint {path} is damaged or not a checkpoint of this repo ({type(e).__name__}): "
                         "use another checkpoint (ckpt.pt or best.pt), or retrain") from None
-    problem = None
-    if isinstance(ckpt, dict) and ckpt.get("version") == 1 and not (ckpt.get("model_args") or {}).get("qk_norm"):
-        ckpt["version"] = CHECKPOINT_VERSION  # without QK-norm, version 1's model is version 2's
-    if isinstance(ckpt, dict) and ckpt.get("version") == 1:
+    version = ckpt.get("version") if isinstance(ckpt, dict) else None
+    if version == 1 and (ckpt.get("model_args") or {}).get("qk_norm"):  # without QK-norm, version 1 is version 2
         raise UserError(f"checkpoint {path} has the RMS QK-norm of this repo before its models exported to "
                         "transformers (now a LayerNorm): retrain it, or sample it with commit 234ec61")
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+    problem = None
+    if version not in (1, CHECKPOINT_VERSION):
         problem = "has no version this code reads"
     else:
         problem = next((f"lacks its '{k}'" for k, kind in REQUIRED.items() if not isinstance(ckpt.get(k), kind)), None)
