@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
         except UserError:
             return None
         if passage and model.config.span_head and cfg.span_head:
-            text, at = read_span(model, tokenizer, ids, passage, device) or ("", -1)
+            text, at = read_span(model, tokenizer, ids, passage, device)
             return text, {"span_at": at}
         constraint = passage_constraint(tokenizer, ids, passage, end_tokens) if cfg.extractive else None
         return "".join(first_line(stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype,

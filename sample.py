@@ -159,7 +159,7 @@ def main(argv: list[str]) -> None:
         """The streamed continuation of a prompt; a reading prompt's answer kept to its passage if extract,
         or read off it by a span head (then shown in its place)."""
         if passage and model.config.span_head:
-            text, at = read_span(model, tokenizer, ids, passage, device) or ("", -1)
+            text, at = read_span(model, tokenizer, ids, passage, device)
             return iter([f" {text}\n", shown_span(text, at, tokenizer.decode(ids[passage[0]:passage[1]]))])
         constraint = passage_constraint(tokenizer, ids, passage, end_tokens) if extract else None
         return stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype, cfg.temperature, cfg.top_k,

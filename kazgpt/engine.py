@@ -208,9 +208,10 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, may_start: t
 
 @torch.no_grad()
 def read_span(model: GPT, tokenizer: Tokenizer, ids: list[int], passage: tuple[int, int],
-              device: str) -> Optional[tuple[str, int]]:
+              device: str) -> tuple[str, int]:
     """A span head's answer to a reading prompt (ids, with the title and passage at ids[a:b]): the
-    text of the best span of whole words there, and where it starts in that text."""
+    text of the best span of whole words there, and where it starts in that text ('' and -1 if the
+    passage has no word)."""
     a, b = passage
     pieces = [tokenizer.decode([t]) for t in ids[a:b]]
     starts = word_starts(pieces) + [True]  # a word starts after the passage's end
@@ -220,7 +221,7 @@ def read_span(model: GPT, tokenizer: Tokenizer, ids: list[int], passage: tuple[i
     span = best_span(span_logits[:, 0], span_logits[:, 1], torch.tensor(starts[:-1]) & is_text,
                      torch.tensor(starts[1:]) & is_text, MAX_SPAN_TOKENS)
     if span is None:
-        return None
+        return "", -1
     before, text = tokenizer.decode(ids[a:a + span[0]]), tokenizer.decode(ids[a + span[0]:a + span[1] + 1])
     return text.strip(), len(before) + len(text) - len(text.lstrip())
 
