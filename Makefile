@@ -23,7 +23,7 @@ quickstart: install
 qa: install
 	$(PYTHON) data/qazdata_bpe/prepare.py
 	$(PYTHON) train.py config/train_qa_pretrain.py --overwrite --seed=$(SEED) --out_dir=$(QA_OUT)-pretrain
-	$(PYTHON) data/qazdata_qa/prepare.py --block_size=128 --cloze=20 --question_loss --seed=$(SEED)
+	$(PYTHON) data/qazdata_qa/prepare.py --block_size=256 --cloze=20 --question_loss --seed=$(SEED)
 	$(PYTHON) train.py config/finetune_qa.py --overwrite --seed=$(SEED) --init_from=$(QA_OUT)-pretrain --out_dir=$(QA_OUT)
 	$(PYTHON) eval_qa.py --out_dir=$(QA_OUT) --device=cpu --modes=closed_book,reading,open
 

@@ -24,6 +24,7 @@ from kazgpt.kernels import relu_squared, rotary_factors, rotate
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, for the QK-norm too
 # targets below the ignored -1 that mark a window's answer span for the span head (kazgpt/dataset.py)
 SPAN_START_TARGET, SPAN_END_TARGET, SPAN_BOTH_TARGET = -2, -3, -4
+SPAN_LOOKAHEAD = 4  # hidden states the span head reads per position: its own and the next ones'
 
 # the architecture choices of GPTConfig: GPT-2's, and the newer one that train.py uses from scratch
 ARCHITECTURES = {
@@ -157,7 +158,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
         if config.span_head:
-            self.span_head = nn.Linear(config.n_embd, 2, bias=False)
+            self.span_head = nn.Linear(config.n_embd * SPAN_LOOKAHEAD, 2, bias=False)
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections: std 0.02/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -181,17 +182,19 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
-        """Logits for every position and the mean cross-entropy when targets are given (-1 is
-        ignored; with a span head, the SPAN_*_TARGETs mark where a window's answer span starts and
-        ends, and the span loss is added); otherwise logits for the last position only,
-        which is all sampling needs."""
+        """Without targets, the logits of the last position (B, 1, vocab), which is all sampling
+        needs. With targets, the mean cross-entropy over the positions whose target is a token and
+        their logits (N, vocab), in row-major order: a target of -1 is not counted, and with a span
+        head the SPAN_*_TARGETs mark where a window's answer span starts and ends, and the span
+        loss is added."""
         x = self.hidden_states(idx, cache)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab)
-        logits = self.lm_head(x)  # (B, T, vocab)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.clamp(min=-1).reshape(-1), ignore_index=-1)
+        counted = targets >= 0  # (B, T); the output layer runs on these only (a QA batch counts a fifth)
+        logits = self.lm_head(x[counted])  # (N, vocab)
+        loss = F.cross_entropy(logits, targets[counted])
         if self.config.span_head:
-            loss = loss + self.span_loss(self.span_head(x), targets)
+            loss = loss + self.span_loss(self.span_logits(x), targets)
         return logits, loss
 
     def hidden_states(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
@@ -214,6 +217,14 @@ class GPT(nn.Module):
             cache.length += T
         return self.transformer.ln_f(x)
 
+    def span_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Start and end logits (B, T, 2) from the hidden states x (B, T, C) of each position and the
+        SPAN_LOOKAHEAD - 1 after it: a causal model's position has not seen the words that follow it,
+        which show where a span ends."""
+        T = x.size(1)
+        ahead = F.pad(x, (0, 0, 0, SPAN_LOOKAHEAD - 1))  # (B, T + k - 1, C), zeros past the end
+        return self.span_head(torch.cat([ahead[:, i:i + T] for i in range(SPAN_LOOKAHEAD)], dim=-1))  # (B, T, 2)
+
     @staticmethod
     def span_loss(span_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the start and end logits (B, T, 2) over each window's positions against
@@ -230,7 +241,8 @@ class GPT(nn.Module):
     def add_span_head(self) -> None:
         """A span head, zero-initialized (every span equally likely), for finetuning a model without one."""
         self.config.span_head = True
-        self.span_head = nn.Linear(self.config.n_embd, 2, bias=False, device=self.lm_head.weight.device)
+        device = self.lm_head.weight.device
+        self.span_head = nn.Linear(self.config.n_embd * SPAN_LOOKAHEAD, 2, bias=False, device=device)
         torch.nn.init.zeros_(self.span_head.weight)
 
     def crop_block_size(self, block_size: int) -> None:
@@ -240,15 +252,17 @@ class GPT(nn.Module):
         if "wpe" in self.transformer:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    def flops_per_token(self, seq_len: Optional[int] = None) -> float:
+    def flops_per_token(self, seq_len: Optional[int] = None, counted_share: float = 1.0) -> float:
         """Training FLOPs per token (forward + backward): 6 per parameter plus attention's
-        12 * n_layer * n_embd * seq_len (PaLM paper, appendix B)."""
+        12 * n_layer * n_embd * seq_len (PaLM paper, appendix B), the output layer's only on the
+        share of positions whose loss counts (forward runs it on those alone)."""
         c = self.config
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
+        skipped = (1 - counted_share) * c.vocab_size * c.n_embd
+        return 6 * (self.num_params() - skipped) + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
 
-    def estimate_mfu(self, tokens_per_second: float, peak_flops: float) -> float:
+    def estimate_mfu(self, tokens_per_second: float, peak_flops: float, counted_share: float = 1.0) -> float:
         """Model FLOPs utilization: achieved training FLOP/s over the device's peak."""
-        return self.flops_per_token() * tokens_per_second / peak_flops
+        return self.flops_per_token(counted_share=counted_share) * tokens_per_second / peak_flops
 
     def model_args(self) -> dict:
         return asdict(self.config)

@@ -215,7 +215,7 @@ def read_span(model: GPT, tokenizer: Tokenizer, ids: list[int], passage: tuple[i
     a, b = passage
     pieces = [tokenizer.decode([t]) for t in ids[a:b]]
     starts = word_starts(pieces) + [True]  # a word starts after the passage's end
-    span_logits = model.span_head(model.hidden_states(torch.tensor([ids], device=device)))[0, a:b].cpu()  # (P, 2)
+    span_logits = model.span_logits(model.hidden_states(torch.tensor([ids], device=device)))[0, a:b].cpu()  # (P, 2)
     # a span starts and ends on a letter or digit (U+FFFD: part of one, from a byte-level token)
     is_text = torch.tensor([any(c.isalnum() or c == "\ufffd" for c in p) for p in pieces])
     span = best_span(span_logits[:, 0], span_logits[:, 1], torch.tensor(starts[:-1]) & is_text,

@@ -139,7 +139,10 @@ def test_loss_counts_answer_tokens_only_by_hand(tmp_path):
     model = GPT(GPTConfig(block_size=16, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=1, n_embd=8))
     for packed in (True, False):
         x, y = get_batch(split, 4, 16, batch_generator(0, 1, 2), "cpu", packed)
-        logits, loss = model(x, y)
+        counted_logits, loss = model(x, y)
+        with torch.no_grad():
+            logits = model.lm_head(model.hidden_states(x))  # (B, T, vocab): every position
+        assert torch.allclose(counted_logits, logits[y >= 0], atol=1e-6)
         by_hand, count = 0.0, 0
         for b in range(4):
             padded = ids + [ids[-1]] * 16  # a window that runs past the end repeats the last token, uncounted
