@@ -389,8 +389,8 @@ def main(argv: list[str]) -> int:
                 seconds, t_last = (now - t_last) / len(step_losses), now
                 step_losses = []
                 if iter_num - start_iter >= 5:  # the first steps compile and warm up
-                    step_mfu = raw_model.estimate_mfu(tokens_per_iter / seconds / procs.world_size, peak_flops,
-                                                      (y >= 0).float().mean().item())  # QA: answers only
+                    counted = (y >= 0).float().mean().item()  # the share the output layer runs on (QA: answers)
+                    step_mfu = raw_model.estimate_mfu(tokens_per_iter / seconds / procs.world_size, peak_flops, counted)
                     mfu = step_mfu if mfu < 0 else 0.9 * mfu + 0.1 * step_mfu
                 if iter_num % cfg.log_interval == 0:
                     print0(f"iter {iter_num}: loss {lossf:.4f}, time {seconds * 1000:.2f}ms, "

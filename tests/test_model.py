@@ -6,7 +6,7 @@ import torch
 from kazgpt.engine import generate, generate_tokens, generate_without_cache, sample_next_token
 from kazgpt.hf import load_transformers
 from kazgpt.kernels import relu_squared, rotary_factors, rotate
-from model import ARCHITECTURES, GPT, GPTConfig
+from model import ARCHITECTURES, GPT, GPTConfig, SPAN_LOOKAHEAD
 
 
 @pytest.fixture(scope="module", params=[None, 48], ids=["mlp_4x", "n_inner_48"])
@@ -150,6 +150,21 @@ def test_sample_next_token_filters():
     # a temperature this small (float32 has no number this close to 0) picks the most likely token
     for temperature in (1e-50, 1e-300):
         assert sample_next_token(logits, temperature=temperature, generator=gen).flatten().tolist() == [4] * len(logits)
+
+
+def test_span_logits_see_the_next_tokens_and_no_further():
+    """A position's start and end logits change with the tokens up to SPAN_LOOKAHEAD - 1 after it
+    (which show where a span ends), and not with any later one."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=24, vocab_size=50, n_layer=2, n_head=4, n_embd=32, span_head=True)).eval()
+    idx = torch.randint(0, 50, (1, 24))
+    with torch.no_grad():
+        before = model.span_logits(model.hidden_states(idx))[0, 5]
+        for ahead in range(1, 10):
+            changed = idx.clone()
+            changed[0, 5 + ahead] = (changed[0, 5 + ahead] + 1) % 50
+            moved = not torch.allclose(model.span_logits(model.hidden_states(changed))[0, 5], before)
+            assert moved == (ahead < SPAN_LOOKAHEAD), ahead
 
 
 def test_loss_and_generate_shapes():
