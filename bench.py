@@ -96,7 +96,7 @@ def bench_training(spec: BenchModel, device: str, dtype: str, use_compile: bool,
     for it in range(warmup + iters):
         synchronize(device)
         t0 = time.perf_counter()
-        x, y = get_batch(data, spec.batch_size, spec.block_size, batch_generator(0, it, 0), device)
+        x, y, _ = get_batch(data, spec.batch_size, spec.block_size, batch_generator(0, it, 0), device)
         synchronize(device)
         t1 = time.perf_counter()
         with autocast:

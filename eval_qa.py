@@ -44,7 +44,7 @@ from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, line_end_tokens, passage_constraint, read_span, stream_text
 from kazgpt.files import atomic_write
 from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_key, source_or_env
-from kazgpt.qa_examples import encode_prompt, question_prompt
+from kazgpt.qa_examples import encode_prompt, question_matches, question_prompt
 from kazgpt.retrieval import Passage, PassageIndex, kazqad_collection, open_index, read_collection
 from kazgpt.metrics import exact_match, token_f1
 
@@ -168,12 +168,13 @@ def main(argv: list[str]) -> None:
             ids, passage = encode_prompt(tokenizer, prompt)
         except UserError:
             return None
+        matches = question_matches(tokenizer, ids, passage)
         if passage and model.config.span_head and cfg.span_head:
-            text, at = read_span(model, tokenizer, ids, passage, device)
+            text, at = read_span(model, tokenizer, ids, passage, device, matches)
             return text, {"span_at": at}
         constraint = passage_constraint(tokenizer, ids, passage, end_tokens) if cfg.extractive else None
         return "".join(first_line(stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype,
-                                              greedy=True, constraint=constraint))).strip(), {}
+                                              greedy=True, constraint=constraint, matches=matches))).strip(), {}
 
     with atomic_write(output, "w") as out:  # in place only when complete
         scores = score_examples(examples, modes, answer, make_prompter(tokenizer, model.config.block_size, index),

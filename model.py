@@ -159,6 +159,7 @@ class GPT(nn.Module):
         self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
         if config.span_head:
             self.span_head = nn.Linear(config.n_embd * SPAN_LOOKAHEAD, 2, bias=False)
+            self.question_match = nn.Parameter(torch.zeros(config.n_embd))  # added to matched passage tokens
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections: std 0.02/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -181,13 +182,14 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
+                matches: Optional[torch.Tensor] = None):
         """Without targets, the logits of the last position (B, 1, vocab), which is all sampling
         needs. With targets, the mean cross-entropy over the positions whose target is a token and
         their logits (N, vocab), in row-major order: a target of -1 is not counted, and with a span
         head the SPAN_*_TARGETs mark where a window's answer span starts and ends, and the span
-        loss is added."""
-        x = self.hidden_states(idx, cache)
+        loss is added. matches: see hidden_states."""
+        x = self.hidden_states(idx, cache, matches)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab)
         counted = targets >= 0  # (B, T); the output layer runs on these only (a QA batch counts a fifth)
@@ -197,14 +199,19 @@ class GPT(nn.Module):
             loss = loss + self.span_loss(self.span_logits(x), targets)
         return logits, loss
 
-    def hidden_states(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        """The final normalized hidden states (B, T, C) of the tokens idx (after those in the cache)."""
+    def hidden_states(self, idx: torch.Tensor, cache: Optional[KVCache] = None,
+                      matches: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The final normalized hidden states (B, T, C) of the tokens idx (after those in the cache).
+        A reader (span head) is told, by matches (B, T) bool, which passage tokens belong to words
+        the question shares (DrQA's exact-match feature): a learned vector is added to their embeddings."""
         B, T = idx.size()
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx)  # (B, T, C)
+        if matches is not None and self.config.span_head:
+            x = x + matches.unsqueeze(-1).to(x.dtype) * self.question_match
         rotary = None
         if self.config.position_encoding == "rope":
             rotary = rotary_factors(pos, self.config.head_dim)  # cos, sin (T, 1, hs), shared by every layer
@@ -239,11 +246,13 @@ class GPT(nn.Module):
                 F.cross_entropy(logits[..., 1], ends[rows].float().argmax(1))) / 2
 
     def add_span_head(self) -> None:
-        """A span head, zero-initialized (every span equally likely), for finetuning a model without one."""
+        """A span head and question-match vector, zero-initialized (every span equally likely, matches
+        not yet told apart), for finetuning a model without them."""
         self.config.span_head = True
         device = self.lm_head.weight.device
         self.span_head = nn.Linear(self.config.n_embd * SPAN_LOOKAHEAD, 2, bias=False, device=device)
         torch.nn.init.zeros_(self.span_head.weight)
+        self.question_match = nn.Parameter(torch.zeros(self.config.n_embd, device=device))
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context window, e.g. to finetune GPT-2 (1024) with a smaller block_size."""

@@ -188,9 +188,10 @@ def estimate_loss(model, data: dict, cfg: TrainConfig, procs: Processes, autocas
         for k in range(cfg.eval_iters):
             generator = batch_generator(cfg.seed, -1, split_id, k, procs.rank)
             # QA data: one example per window, so that val loss does not depend on pack_examples
-            x, y = get_batch(data[split], cfg.batch_size, cfg.block_size, generator, procs.device, packed=False)
+            x, y, matches = get_batch(data[split], cfg.batch_size, cfg.block_size, generator, procs.device,
+                                      packed=False)
             with autocast:
-                losses[k] = model(x, y)[1]
+                losses[k] = model(x, y, matches=matches)[1]
         mean = losses.mean()
         if procs.ddp:
             dist.all_reduce(mean, op=dist.ReduceOp.AVG)
@@ -337,7 +338,7 @@ def main(argv: list[str]) -> int:
     peak_flops = device_peak_flops(device, dtype)
     batches = training_batches(data["train"], cfg.batch_size, cfg.block_size, cfg.seed, iter_num, accum_steps,
                                procs.rank * accum_steps, device, cfg.pack_examples)
-    x, y = next(batches)  # each next batch is fetched while the device computes the current one
+    x, y, matches = next(batches)  # each next batch is fetched while the device computes the current one
     start_iter, signum, mfu, t_last = iter_num, 0, -1.0, time.perf_counter()
     step_losses: list[torch.Tensor] = []  # per-step losses on the device, read back at the next log step
     try:
@@ -374,8 +375,8 @@ def main(argv: list[str]) -> int:
                 last_micro = micro_step == accum_steps - 1
                 with model.no_sync() if procs.ddp and not last_micro else nullcontext():  # all-reduce once
                     with autocast:
-                        _, loss = model(x, y)
-                    x, y = next(batches)  # the host prepares the next batch while the device works
+                        _, loss = model(x, y, matches=matches)
+                    x, y, matches = next(batches)  # the host prepares the next batch while the device works
                     loss_sum += loss.detach()
                     scaler.scale(loss / accum_steps).backward()
             step_optimizers(optimizers, scaler, raw_model.parameters(), cfg.grad_clip)

@@ -11,7 +11,8 @@ the .bin files), the val text's UTF-8 bytes (for bits per byte) and the dataset'
         token, bit 1 (LOSS) on answer tokens, the only ones the loss counts, bit 2 (START) on
         the first token of each example, and bits 4 and 8 (SPAN_START, SPAN_END) on the passage
         tokens where a reading example's answer starts and ends, which a span head learns to point
-        at. A batch is windows that start at example starts.
+        at, and bit 16 (MATCH) on the passage tokens of words the question shares. A batch is
+        windows that start at example starts.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from model import SPAN_BOTH_TARGET, SPAN_END_TARGET, SPAN_START_TARGET
 UINT16_VOCAB = 65536  # token ids 0..65535
 LOSS, START = 1, 2  # bits of a mask file: the token is an answer token / the first token of an example
 SPAN_START, SPAN_END = 4, 8  # ... the first / last token of the answer's span in the passage
+MATCH = 16  # ... a passage token of a word that the question shares (kazgpt/qa_examples.py's question_matches)
 # a batch's targets y carry the span where they count nothing else (passage tokens), as model.py's values
 SPAN_TARGETS = {SPAN_START: SPAN_START_TARGET, SPAN_END: SPAN_END_TARGET, SPAN_START | SPAN_END: SPAN_BOTH_TARGET}
 
@@ -174,11 +176,11 @@ class ExampleSplit:
         return len(self.tokens)
 
     def windows(self, batch_size: int, block_size: int, generator,
-                packed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                packed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Token windows (B, T+1) from random example starts, whether each token's loss counts (the
         answer tokens of the window's first example, and with packed those of the examples after it
-        in the window too, else the rest of the window is padding) and the span bits of the first
-        example (a window has one span to point at)."""
+        in the window too, else the rest of the window is padding), the span bits of the first
+        example (a window has one span to point at) and whether each token is a question match."""
         import torch
 
         starts = self.starts[torch.randint(len(self.starts), (batch_size,), generator=generator).numpy()]
@@ -190,7 +192,8 @@ class ExampleSplit:
         first = (np.cumsum((flags & START) > 0, axis=1) <= 1) & inside
         if not packed:
             counts &= first
-        return self.tokens[positions].astype(np.int64), counts, np.where(first, flags & (SPAN_START | SPAN_END), 0)
+        return (self.tokens[positions].astype(np.int64), counts, np.where(first, flags & (SPAN_START | SPAN_END), 0),
+                (flags & MATCH).astype(bool) & inside)
 
 
 def open_token_files(data_dir: Path, kind: str = "text") -> dict:
@@ -217,24 +220,33 @@ def batch_generator(*key: int):
 
 
 def get_batch(data, batch_size: int, block_size: int, generator, device: str, packed: bool = True):
-    """x, y (B, T): random windows of the token file and the same windows shifted by one. From an
-    ExampleSplit, windows that start at examples, with y = -1 (ignored by the loss) where the loss
-    does not count, or the SPAN_TARGETS of the first example's answer span where it starts and ends."""
+    """x, y (B, T): random windows of the token file and the same windows shifted by one, and the
+    question matches of x's tokens (B, T) (None for a text dataset). From an ExampleSplit, windows
+    that start at examples, with y = -1 (ignored by the loss) where the loss does not count, or the
+    SPAN_TARGETS of the first example's answer span where it starts and ends."""
     import torch
 
+    matches = None
     if isinstance(data, ExampleSplit):
-        windows, counts, span = data.windows(batch_size, block_size, generator, packed)
+        windows, counts, span, matched = data.windows(batch_size, block_size, generator, packed)
         windows, counts = torch.from_numpy(windows), torch.from_numpy(counts)
         x, y = windows[:, :-1], windows[:, 1:].masked_fill(~counts[:, 1:], -1)
         for bits, target in SPAN_TARGETS.items():  # on x's positions: the span head reads token t at t
             y = y.masked_fill(torch.from_numpy(span[:, :-1] == bits), target)
+        matches = torch.from_numpy(matched[:, :-1])
     else:
         starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
         windows = torch.from_numpy(data[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
         x, y = windows[:, :-1], windows[:, 1:]
+    return _to_device(x, device), _to_device(y, device), _to_device(matches, device)
+
+
+def _to_device(t, device: str):
+    if t is None:
+        return None
     if device.startswith("cuda"):  # pinned memory lets the copy overlap with compute
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.contiguous().to(device), y.contiguous().to(device)
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.contiguous().to(device)
 
 
 def training_batches(data, batch_size: int, block_size: int, seed: int, first_step: int, micro_steps: int,

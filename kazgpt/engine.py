@@ -50,10 +50,11 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Opt
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def prefill(model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Encode a whole context into an emptied cache; logits (B, vocab) for the next token."""
+def prefill(model: GPT, idx: torch.Tensor, cache: KVCache, matches: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Encode a whole context (with a reading prompt's question matches) into an emptied cache;
+    logits (B, vocab) for the next token."""
     cache.length = 0
-    return model(idx, cache=cache)[0][:, -1, :]
+    return model(idx, cache=cache, matches=matches)[0][:, -1, :]
 
 
 def decode_one_token(model: GPT, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -71,16 +72,22 @@ def _cache_dtype(model: GPT, idx: torch.Tensor) -> torch.dtype:
 def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
                     generator: Optional[torch.Generator] = None, vocab_size: Optional[int] = None,
-                    decode_step=decode_one_token, constraint=None) -> Iterator[torch.Tensor]:
+                    decode_step=decode_one_token, constraint=None,
+                    matches: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens new tokens (B, 1) one at a time, with a KV cache and the window policy
     above. Only ids below vocab_size are sampled (the model's vocabulary may be padded past its
     tokenizer's). `decode_step` may be a compiled decode_one_token; `constraint` (a SpanConstraint)
-    masks the logits before each choice and is told each token chosen."""
+    masks the logits before each choice and is told each token chosen; `matches` (B, T) are the
+    question matches of a reading prompt idx (none for the tokens generated)."""
     vocab, block = vocab_size or model.config.vocab_size, model.config.block_size
     keep = max(1, block // 2)
     cache = KVCache(model.config, idx.size(0), idx.device, _cache_dtype(model, idx))
     tokens = idx
-    logits = prefill(model, tokens[:, -block:], cache)
+
+    def window_matches(length: int) -> Optional[torch.Tensor]:  # those of the last `length` tokens
+        return None if matches is None else F.pad(matches, (0, tokens.size(1) - matches.size(1)))[:, -length:]
+
+    logits = prefill(model, tokens[:, -block:], cache, window_matches(block))
     for _ in range(max_new_tokens):
         logits = logits[:, :vocab] if constraint is None else constraint.mask(logits[:, :vocab])
         nxt = sample_next_token(logits, temperature, top_k, top_p, greedy, generator)
@@ -89,7 +96,7 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperat
         yield nxt
         tokens = torch.cat([tokens, nxt], dim=1)
         if cache.length == block:  # the window is full: slide it to the last `keep` tokens
-            logits = prefill(model, tokens[:, -keep:], cache)
+            logits = prefill(model, tokens[:, -keep:], cache, window_matches(keep))
         else:
             logits = decode_step(model, nxt, cache)
 
@@ -208,14 +215,16 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, may_start: t
 
 @torch.no_grad()
 def read_span(model: GPT, tokenizer: Tokenizer, ids: list[int], passage: tuple[int, int],
-              device: str) -> tuple[str, int]:
-    """A span head's answer to a reading prompt (ids, with the title and passage at ids[a:b]): the
-    text of the best span of whole words there, and where it starts in that text ('' and -1 if the
-    passage has no word)."""
+              device: str, matches: Optional[list[bool]] = None) -> tuple[str, int]:
+    """A span head's answer to a reading prompt (ids, with the title and passage at ids[a:b], and
+    their question matches): the text of the best span of whole words there, and where it starts in
+    that text ('' and -1 if the passage has no word)."""
     a, b = passage
     pieces = [tokenizer.decode([t]) for t in ids[a:b]]
     starts = word_starts(pieces) + [True]  # a word starts after the passage's end
-    span_logits = model.span_logits(model.hidden_states(torch.tensor([ids], device=device)))[0, a:b].cpu()  # (P, 2)
+    matched = None if matches is None else torch.tensor([matches], device=device)
+    span_logits = model.span_logits(model.hidden_states(torch.tensor([ids], device=device), None, matched))
+    span_logits = span_logits[0, a:b].cpu()  # (P, 2)
     # a span starts and ends on a letter or digit (U+FFFD: part of one, from a byte-level token)
     is_text = torch.tensor([any(c.isalnum() or c == "\ufffd" for c in p) for p in pieces])
     span = best_span(span_logits[:, 0], span_logits[:, 1], torch.tensor(starts[:-1]) & is_text,
@@ -244,16 +253,18 @@ def passage_constraint(tokenizer: Tokenizer, ids: list[int], passage: Optional[t
 def stream_text(model: GPT, tokenizer: Tokenizer, ids: list[int], max_new_tokens: int, device: str, dtype: str,
                 temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
                 greedy: bool = False, generator: Optional[torch.Generator] = None,
-                decode_step=decode_one_token, constraint: Optional[SpanConstraint] = None) -> Iterator[str]:
-    """The text of a continuation of `ids`, piece by piece as it is generated. Only ids the tokenizer
-    has are sampled (the model's vocabulary may be padded past it); a constraint (SpanConstraint)
-    narrows them further."""
+                decode_step=decode_one_token, constraint: Optional[SpanConstraint] = None,
+                matches: Optional[list[bool]] = None) -> Iterator[str]:
+    """The text of a continuation of `ids` (with a reading prompt's question matches), piece by piece
+    as it is generated. Only ids the tokenizer has are sampled (the model's vocabulary may be padded
+    past it); a constraint (SpanConstraint) narrows them further."""
     decoder = StreamDecoder(tokenizer)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
+    matched = None if matches is None else torch.tensor([matches], device=device)
     with torch.no_grad(), autocast_context(device, dtype):
         for token in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, greedy, generator,
                                      vocab_size=tokenizer.vocab_size, decode_step=decode_step,
-                                     constraint=constraint):
+                                     constraint=constraint, matches=matched):
             piece = decoder.add(token.item())
             if piece:
                 yield piece

@@ -94,7 +94,7 @@ def to_transformers(model: GPT, vocab_size: int, eot_token: Optional[int]):
     theirs, copied = hf.state_dict(), set()
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
-            if name.startswith("span_head."):  # a reader's head has no place in a language model's class
+            if name.startswith(("span_head.", "question_match")):  # a reader's parts have no place in an LM class
                 continue
             if name.endswith(("wte.weight", "lm_head.weight")):
                 tensor = tensor[:vocab_size]

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from kazgpt.cli import UserError
-from kazgpt.dataset import LOSS, SPAN_END, SPAN_START, START
+from kazgpt.dataset import LOSS, MATCH, SPAN_END, SPAN_START, START
+from kazgpt.engine import word_starts
 from kazgpt.kazqad import clean_question, format_qa, nfc, passage_header, passage_key
 from kazgpt.tokenizer import Tokenizer
 
@@ -53,6 +54,32 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 
 def words(text: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(text)}
+
+
+MATCH_STEM = 4  # letters of a word compared with the question's: Kazakh adds endings to a stem (жыл, жылы, жылдан)
+
+
+def stems(text: str) -> set[str]:
+    return {w[:MATCH_STEM] for w in words(text)}
+
+
+def question_matches(tokenizer: Tokenizer, ids: list[int], passage: Optional[tuple[int, int]]) -> list[bool]:
+    """For a reading prompt's tokens (encode_prompt: the question line, then the title and passage
+    at ids[a:b]), whether each token belongs to a word of the title or passage that starts as a word
+    of the question does (its first MATCH_STEM letters): a reader's exact-match feature (DrQA),
+    which a small model would learn slowly by attention from about a thousand questions. All False
+    for a closed-book prompt (passage None)."""
+    matched = [False] * len(ids)
+    if passage is None:
+        return matched
+    a, b = passage
+    asked = stems(tokenizer.decode(ids[:a]))
+    pieces = [tokenizer.decode([t]) for t in ids[a:b]]
+    starts = [k for k, start in enumerate(word_starts(pieces)) if start] + [len(pieces)]
+    for k, end in zip(starts, starts[1:]):  # each word: tokens k..end-1
+        if stems("".join(pieces[k:end])) & asked:
+            matched[a + k:a + end] = [True] * (end - k)
+    return matched
 
 
 def focus_span(context: str, question: str) -> tuple[int, int]:
@@ -348,7 +375,8 @@ def encode_examples(examples: list[QAExample], tokenizer: Tokenizer,
     tokenizer has one) and their mask: START on each example's first token, LOSS on answer tokens,
     and with question_loss on the tokens of the last question line too (a reading example's
     question repeats words of its passage, so predicting them trains the copying an answer needs);
-    SPAN_START and SPAN_END on the passage tokens where a reading example's answer starts and ends."""
+    SPAN_START and SPAN_END on the passage tokens where a reading example's answer starts and ends,
+    MATCH on its question_matches."""
     ids, mask = [], []
     for ex in examples:
         prompt, passage = encode_prompt(tokenizer, ex.prompt)
@@ -357,6 +385,8 @@ def encode_examples(examples: list[QAExample], tokenizer: Tokenizer,
         ids += prompt + answer + end
         asked = passage[1] if passage else 0  # where the last question line starts
         marks = [0] * asked + [LOSS if question_loss else 0] * (len(prompt) - asked) + [LOSS] * len(answer)
+        marks = [m | MATCH if matched else m for m, matched in
+                 zip(marks, question_matches(tokenizer, prompt, passage) + [False] * len(answer))]
         if passage and ex.answer_at >= 0:
             a, b = passage
             cut = ex.prompt.index("\n") + 1

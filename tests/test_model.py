@@ -167,6 +167,33 @@ def test_span_logits_see_the_next_tokens_and_no_further():
             assert moved == (ahead < SPAN_LOOKAHEAD), ahead
 
 
+@pytest.mark.parametrize("prompt_len", [10, 30])  # 30 > block_size: the prompt's matches are windowed too
+def test_question_matches_through_the_cache(prompt_len):
+    """A reader told a prompt's question matches generates, with the cache and its sliding window,
+    what a full forward over each window with the same matches (none on generated tokens) chooses;
+    the matches change the span logits, and all-False matches change nothing."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=24, vocab_size=50, n_layer=2, n_head=4, n_embd=32, span_head=True)).eval()
+    torch.nn.init.normal_(model.question_match)  # trained, it is no longer zero
+    idx = torch.randint(0, 50, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    matches = torch.rand(1, prompt_len, generator=torch.Generator().manual_seed(2)) < 0.3
+    new = torch.cat(list(generate_tokens(model, idx, 40, greedy=True, matches=matches)), dim=1)
+    tokens, start = idx, max(0, prompt_len - 24)
+    with torch.no_grad():
+        for t in range(40):
+            if tokens.size(1) - start > 24:
+                start = tokens.size(1) - 12
+            window_matches = torch.nn.functional.pad(matches, (0, tokens.size(1) - prompt_len))[:, start:]
+            logits = model(tokens[:, start:], matches=window_matches)[0][:, -1, :]
+            assert logits.argmax().item() == new[0, t].item(), t
+            tokens = torch.cat([tokens, new[:, t:t + 1]], dim=1)
+        x = idx[:, -24:]
+        span = model.span_logits(model.hidden_states(x, None, matches[:, -24:]))
+        assert not torch.allclose(span, model.span_logits(model.hidden_states(x)))
+        assert torch.equal(model.span_logits(model.hidden_states(x, None, torch.zeros_like(x, dtype=torch.bool))),
+                           model.span_logits(model.hidden_states(x)))
+
+
 def test_loss_and_generate_shapes():
     model = small_model()
     idx = torch.randint(0, 50, (2, 24))

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from conftest import KAZQAD_VAL, run
 from kazgpt.dataset import ExampleSplit, get_batch, batch_generator, open_token_files
 from kazgpt.kazqad import passage_key, read_kazqad_examples, split_rows
-from kazgpt.dataset import SPAN_END, SPAN_START
+from kazgpt.dataset import MATCH, SPAN_END, SPAN_START
 from kazgpt.engine import best_span
 from kazgpt.qa_examples import (LOSS, START, QAExample, cloze_examples, cloze_question, encode_examples, encode_prompt,
-                                first_answer, fit_passage, question_prompt, reading_example, sentence_spans)
+                                first_answer, fit_passage, question_matches, question_prompt, reading_example,
+                                reading_prompt, sentence_spans)
 from kazgpt.tokenizer import CharTokenizer, HFTokenizer, train_byte_level_bpe
 from model import GPT, GPTConfig
 
@@ -138,7 +139,7 @@ def test_loss_counts_answer_tokens_only_by_hand(tmp_path):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=1, n_embd=8))
     for packed in (True, False):
-        x, y = get_batch(split, 4, 16, batch_generator(0, 1, 2), "cpu", packed)
+        x, y, _ = get_batch(split, 4, 16, batch_generator(0, 1, 2), "cpu", packed)
         counted_logits, loss = model(x, y)
         with torch.no_grad():
             logits = model.lm_head(model.hidden_states(x))  # (B, T, vocab): every position
@@ -229,13 +230,33 @@ def test_span_bits_point_at_the_answer(kazqad_rows, kind):
             assert ex.answer.strip() not in tokenizer.decode(prompt[first[0] + 1:last[0] + 1])
             assert ex.answer.strip() not in tokenizer.decode(prompt[first[0]:last[0]])
     split = ExampleSplit(np.array(ids, dtype=np.uint16), np.array(mask, dtype=np.uint8))
-    x, y = get_batch(split, 8, 160, batch_generator(0, 0, 0), "cpu", packed=True)
+    x, y, matches = get_batch(split, 8, 160, batch_generator(0, 0, 0), "cpu", packed=True)
     for row in range(8):  # the targets below -1 point at x's tokens of the window's first example's answer
         start, end = (y[row] == -2) | (y[row] == -4), (y[row] == -3) | (y[row] == -4)
         assert start.sum() == end.sum() == 1
         read = tokenizer.decode(x[row, start.nonzero().item():end.nonzero().item() + 1].tolist())
         asked = tokenizer.decode(x[row].tolist()).split("\n", 1)[0]
         assert any(ex.prompt.startswith(asked + "\n") and ex.answer.strip() in read for ex in examples)
+
+
+@pytest.mark.parametrize("kind", ["char", "kazakh_bpe"])
+def test_question_matches_by_hand(kazqad_rows, kind):
+    """The passage tokens of words that start as a question word does (four letters) are matches, the
+    whole word's tokens (жылқы shares only three letters with жылы); no token of the question lines is;
+    encode_examples marks them in the mask."""
+    tokenizer = char_tokenizer(kazqad_rows) if kind == "char" else HFTokenizer(train_byte_level_bpe(
+        [r["context"] for r in kazqad_rows], 600))
+    question = "Абай қай жылы туған?"
+    prompt = reading_prompt("Абай", "Абай 1845 жылы туған. Ол туғанда жылқы бақты.", question)
+    ids, passage = encode_prompt(tokenizer, prompt)
+    matches = question_matches(tokenizer, ids, passage)
+    matched = "".join(tokenizer.decode([t]) if m else "|" for t, m in zip(ids, matches))
+    assert matched.replace("|", " ").split() == ["Абай", "Абай", "жылы", "туған", "туғанда"]
+    assert question_matches(tokenizer, *encode_prompt(tokenizer, question + ":")) == [False] * len(
+        encode_prompt(tokenizer, question + ":")[0])
+    example = QAExample(prompt, " 1845\n", prompt.index("1845") - len(question) - 1)
+    ids, mask = encode_examples([example], tokenizer)
+    assert [bool(m & MATCH) for m in mask[:len(matches)]] == matches
 
 
 def test_best_span_against_brute_force():

@@ -115,7 +115,7 @@ def test_batches_are_a_function_of_the_step():
     assert torch_equal(batch(7, 0), batch(7, 0))
     assert not torch_equal(batch(7, 0), batch(7, 1))  # rank 0 and rank 1 (1 micro-step each)
     assert not torch_equal(batch(7, 0), batch(0, 0))  # step 7 after a resume is not step 0 again
-    x, y = get_batch(data, 4, 16, batch_generator(1, 2, 3), "cpu")
+    x, y, _ = get_batch(data, 4, 16, batch_generator(1, 2, 3), "cpu")
     assert (y[:, :-1] == x[:, 1:]).all() and (y[:, -1] == x[:, -1] + 1).all()  # targets are inputs shifted by one
 
 
