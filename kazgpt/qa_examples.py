@@ -12,7 +12,9 @@ apart (encode_prompt), so that the passage's tokens are the same wherever it is 
 A reading example's passage is cut to fit the context (fit_passage): whole sentences around the
 one that holds the answer, so the answer span is never cut. A model answering a new question has
 no answer to centre on, so it gets the sentences around the one sharing the most words with the
-question (focus_span); eval_qa.py and sample.py --context cut their prompts that way.
+question (focus_span); eval_qa.py and sample.py --context cut their prompts that way. The passage
+tokens of words the question shares are marked for the reader (question_matches), in training and
+in answering alike.
 
 Cloze pseudo-questions (cloze_examples) make many more reading examples out of plain passages:
 one span of a sentence (a number, a name, else a longer word) is replaced by a Kazakh question
