@@ -168,7 +168,7 @@ def main(argv: list[str]) -> None:
             ids, passage = encode_prompt(tokenizer, prompt)
         except UserError:
             return None
-        matches = question_matches(tokenizer, ids, passage)
+        matches = question_matches(tokenizer, ids, passage) if model.config.span_head else None  # a reader's input
         if passage and model.config.span_head and cfg.span_head:
             text, at = read_span(model, tokenizer, ids, passage, device, matches)
             return text, {"span_at": at}

@@ -158,7 +158,7 @@ def main(argv: list[str]) -> None:
     def generate(ids: list[int], passage: Optional[tuple[int, int]]):
         """The streamed continuation of a prompt; a reading prompt's answer kept to its passage if extract,
         or read off it by a span head (then shown in its place)."""
-        matches = question_matches(tokenizer, ids, passage)
+        matches = question_matches(tokenizer, ids, passage) if model.config.span_head else None  # a reader's input
         if passage and model.config.span_head:
             text, at = read_span(model, tokenizer, ids, passage, device, matches)
             return iter([f" {text}\n", shown_span(text, at, tokenizer.decode(ids[passage[0]:passage[1]]))])
