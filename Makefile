@@ -2,7 +2,7 @@
 #   make quickstart   install, prepare KazQAD char-level, train on CPU (replacing an earlier quick start), sample
 #   make qa           install, prepare KazQAD, pretrain on its passages, finetune on question answering,
 #                     print EM/F1 on the held-out questions, closed-book, reading and open-domain
-#                     (BM25 retrieval), in 14-18 minutes on a 2-core CPU; SEED=N for another seed of
+#                     (BM25 retrieval), in about 20 minutes on a 2-core CPU; SEED=N for another seed of
 #                     the whole recipe, QA_OUT=folder for its runs (bench.py --qa_seeds runs several)
 #   make test         install, lint (ruff), run the test suite
 # Offline, point the data at a local copy first, e.g.
