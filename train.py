@@ -39,8 +39,8 @@ from kazgpt.dataset import (REPO_ROOT, batch_generator, bits_per_byte, get_batch
 from kazgpt.device import (DTYPES, autocast_context, device_peak_flops, keep_freed_memory_for_reuse, resolve_device,
                            resolve_dtype)
 from kazgpt.distributed import Processes, StopSignal, setup_processes
-from kazgpt.optim import LR_SCHEDULES, OPTIMIZERS, build_optimizers, lr_multiplier, newton_schulz_dtype, set_lr, \
-    step_optimizers
+from kazgpt.optim import (LR_SCHEDULES, OPTIMIZERS, build_optimizers, choose_optimizer, lr_multiplier,
+                          newton_schulz_dtype, set_lr, step_optimizers)
 from model import GPT, GPTConfig
 
 
@@ -289,14 +289,7 @@ def main(argv: list[str]) -> int:
     # ---- model and optimizer ----
     raw_model, checkpoint = build_model(cfg, meta, given)  # the plain module: checkpoints, MFU
     raw_model.to(device)
-    if checkpoint is not None:
-        made_with = checkpoint.get("optimizer_name", "adamw")
-    else:  # GPT-2's weights were made with AdamW, and are reported to finetune worse under Muon
-        made_with = None if cfg.init_from == "scratch" else "adamw"
-    if resuming and cfg.optimizer not in (None, made_with):
-        raise UserError(f"the checkpoint was trained with {made_with}: resume with --optimizer={made_with}, or leave "
-                        "--optimizer out")
-    opt_name = made_with if resuming else cfg.optimizer or made_with or "muon"
+    opt_name = choose_optimizer(cfg.optimizer, cfg.init_from, checkpoint)
     scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
     optimizers = build_optimizers(raw_model, opt_name, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                   cfg.muon_lr, cfg.muon_momentum, device, newton_schulz_dtype(dtype))

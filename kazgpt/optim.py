@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from kazgpt.cli import UserError
+
 OPTIMIZERS = ("adamw", "muon")
 
 
@@ -163,6 +165,21 @@ def newton_schulz_dtype(training_dtype: str) -> torch.dtype:
 def muon(params: list[nn.Parameter], lr: float, momentum: float, ns_dtype: torch.dtype = torch.float32,
          iteration: NewtonSchulz = NEWTON_SCHULZ) -> Muon:
     return Muon([{"params": params, "base_lr": lr}], lr=lr, momentum=momentum, ns_dtype=ns_dtype, iteration=iteration)
+
+
+def choose_optimizer(requested: Optional[str], init_from: str, checkpoint: Optional[dict]) -> str:
+    """The requested optimizer, else the one the starting weights were trained with, else Muon; a
+    resumed run keeps its own (its optimizer state is that optimizer's)."""
+    if checkpoint is not None:
+        made_with = checkpoint.get("optimizer_name", "adamw")
+    else:  # GPT-2's weights were made with AdamW, and are reported to finetune worse under Muon
+        made_with = None if init_from == "scratch" else "adamw"
+    if init_from == "resume":
+        if requested not in (None, made_with):
+            raise UserError(f"the checkpoint was trained with {made_with}: resume with --optimizer={made_with}, or "
+                            "leave --optimizer out")
+        return made_with
+    return requested or made_with or "muon"
 
 
 def build_optimizers(model: nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
