@@ -455,16 +455,16 @@ def bench_retrieval(splits: dict[str, list[dict]], source: str) -> dict[str, dic
     return results
 
 
-def bench_qa_recipe(seeds: list[int]) -> dict:
-    """`make qa` with each seed (runs in out-qa-seed<N>), and each mode's EM/F1 over the questions
-    asked, per seed and as mean and range."""
+def bench_qa_recipe(seeds: list[int], dtype: str | None = None) -> dict:
+    """`make qa` with each seed (runs in out-qa-seed<N>; in dtype where given, else the machine's default),
+    and each mode's EM/F1 over the questions asked, per seed and as mean and range."""
     runs = {}
     for seed in seeds:
         out = f"out-qa-seed{seed}"
         print(f"\nmake qa SEED={seed} QA_OUT={out}", flush=True)
         began = time.perf_counter()
-        subprocess.run(["make", "qa", f"SEED={seed}", f"QA_OUT={out}", f"PYTHON={sys.executable}"], cwd=REPO_ROOT,
-                       check=True)
+        subprocess.run(["make", "qa", f"SEED={seed}", f"QA_OUT={out}", f"PYTHON={sys.executable}",
+                        f"DTYPE={dtype or ''}"], cwd=REPO_ROOT, check=True)
         rows = [json.loads(line) for line in (REPO_ROOT / out / "eval_qa_validation.jsonl").read_text().splitlines()]
         scores = {mode: {m: round(100 * statistics.mean(r[m] for r in rows if r["mode"] == mode), 1)
                          for m in ("em", "f1")} for mode in dict.fromkeys(r["mode"] for r in rows)}
@@ -551,7 +551,7 @@ def main(argv: list[str]) -> None:
     if args.retrieval:
         results["retrieval"] = bench_retrieval(retrieval_examples, args.retrieval)
     if args.qa_seeds:
-        results["qa_recipe"] = bench_qa_recipe(qa_seeds)
+        results["qa_recipe"] = bench_qa_recipe(qa_seeds, args.dtype)
     out = Path(args.json)
     write_text(out, json.dumps(results, indent=1))
     print(f"\nwrote {out}")

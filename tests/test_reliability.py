@@ -19,18 +19,20 @@ def char_data(tmp_path_factory):
     return prepare_char_dataset(tmp_path_factory.mktemp("rel"), 30)
 
 
-def wait_for_training(log, proc, timeout: float = 60.0) -> None:
-    """Until the run's log grows: its loop has started (evals and steps are logged as they happen)."""
-    size = log.stat().st_size if log.exists() else 0
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and (log.stat().st_size if log.exists() else 0) <= size:
+def wait_for_new_checkpoint(ckpt, proc, timeout: float = 120.0) -> None:
+    """Until the run has saved a checkpoint newer than the one there before it started (start-up and
+    the first steps take seconds, and longer on a busy machine)."""
+    def saved() -> int:
+        return ckpt.stat().st_mtime_ns if ckpt.exists() else 0
+    before, deadline = saved(), time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and saved() <= before:
         time.sleep(0.05)
 
 
 @pytest.mark.slow
 def test_kill_9_always_leaves_a_loadable_checkpoint(char_data, tmp_path):
-    """3 kill -9 at random moments of a run that saves at every step: every time, ckpt.pt
-    loads, and the next start resumes from it."""
+    """3 kill -9 at random moments of a run that saves at every step (each after it has saved once):
+    every time, ckpt.pt loads, and the next start resumes from it."""
     out = tmp_path / "out"
     rng = random.Random(0)
     base = [sys.executable, "train.py", "config/train_qazdata_char.py", f"--data_dir={char_data}", f"--out_dir={out}",
@@ -38,10 +40,9 @@ def test_kill_9_always_leaves_a_loadable_checkpoint(char_data, tmp_path):
     resumed_from = []
     for _ in range(3):
         resume = (out / "ckpt.pt").exists()
-        # a run killed before its first checkpoint leaves a log behind: a fresh start replaces it
         proc = subprocess.Popen(base + (["--init_from=resume"] if resume else ["--overwrite"]), cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_for_training(out / "log.jsonl", proc)  # start-up takes seconds, and longer on a slow machine
+        wait_for_new_checkpoint(out / "ckpt.pt", proc)  # so that each run gets further than the last
         time.sleep(rng.uniform(0.0, 1.0))
         proc.send_signal(signal.SIGKILL)
         output = proc.communicate()[0]
