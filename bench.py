@@ -498,7 +498,7 @@ def main(argv: list[str]) -> None:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--models", default="quickstart,char", help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     parser.add_argument("--compile", action="store_true", help="compile the training step")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="muon",
                         help="the optimizer recipe of the training rows and of this repo's quick start")
