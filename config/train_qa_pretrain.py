@@ -1,5 +1,6 @@
 # step 1 of `make qa`: a small GPT pretrained on KazQAD's training passages with the Kazakh BPE
-# (data/qazdata_bpe/prepare.py), with a context that holds a passage and a question (256 tokens);
+# (data/qazdata_bpe/prepare.py --vocab_size=4096: half the default vocabulary reads better after
+# finetuning), with a context that holds a passage and a question (256 tokens);
 # sized for a 2-core CPU (BENCHMARKS.md has the measurements behind these settings)
 
 out_dir = 'out-qa-pretrain'
