@@ -24,9 +24,9 @@ quickstart: install
 	$(PYTHON) sample.py --out_dir=out-qazdata-char --device=cpu --start="Амазонка бассейні картада қайда орналасқан?:" --num_samples=1 --max_new_tokens=100
 
 qa: install
-	$(PYTHON) data/qazdata_bpe/prepare.py --vocab_size=4096
+	$(PYTHON) data/qazdata_bpe/prepare.py --vocab_size=2048
 	$(PYTHON) train.py config/train_qa_pretrain.py --overwrite --seed=$(SEED) --out_dir=$(QA_OUT)-pretrain $(DTYPE_FLAG)
-	$(PYTHON) data/qazdata_qa/prepare.py --block_size=256 --cloze=20 --question_loss --seed=$(SEED)
+	$(PYTHON) data/qazdata_qa/prepare.py --block_size=384 --cloze=20 --question_loss --seed=$(SEED)
 	$(PYTHON) train.py config/finetune_qa.py --overwrite --seed=$(SEED) --init_from=$(QA_OUT)-pretrain --out_dir=$(QA_OUT) $(DTYPE_FLAG)
 	$(PYTHON) eval_qa.py --out_dir=$(QA_OUT) --device=cpu --modes=closed_book,reading,open $(DTYPE_FLAG)
 

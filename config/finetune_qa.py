@@ -1,7 +1,7 @@
 # step 2 of `make qa`: the pretrained model (out-qa-pretrain) finetuned on question-answering
-# examples (data/qazdata_qa/prepare.py, 256 tokens each): the loss counts answer tokens only.
-# 256 tokens hold the question twice and the whole passage for most of KazQAD's, so the answer is
-# in what the reader sees. BENCHMARKS.md has the runs behind these settings.
+# examples (data/qazdata_qa/prepare.py, 384 tokens each): the loss counts answer tokens only.
+# 384 tokens of the 2,048-token BPE hold the question twice and enough of the passage that for most
+# questions the answer is in what the reader sees. BENCHMARKS.md has the runs behind these settings.
 
 out_dir = 'out-qa'
 init_from = 'out-qa-pretrain'  # an earlier run of this repo: its best.pt, a new optimizer state
@@ -15,7 +15,7 @@ dataset = 'qazdata_qa'
 span_head = True  # reading questions are answered by pointing at the span in the passage (eval_qa.py)
 gradient_accumulation_steps = 1
 batch_size = 8
-block_size = 256
+block_size = 384
 
 dropout = 0.0
 muon_lr = 0.01

@@ -1,6 +1,6 @@
 # step 1 of `make qa`: a small GPT pretrained on KazQAD's training passages with the Kazakh BPE
-# (data/qazdata_bpe/prepare.py --vocab_size=4096: half the default vocabulary reads better after
-# finetuning), with a context that holds a passage and a question (256 tokens);
+# (data/qazdata_bpe/prepare.py --vocab_size=2048: a quarter of the default vocabulary reads better
+# after finetuning), with a context that holds a passage and the question twice (384 tokens);
 # sized for a 2-core CPU (BENCHMARKS.md has the measurements behind these settings)
 
 out_dir = 'out-qa-pretrain'
@@ -11,9 +11,9 @@ log_interval = 20
 dataset = 'qazdata_bpe'
 gradient_accumulation_steps = 1
 batch_size = 8
-block_size = 256
+block_size = 384
 
-n_layer = 4
+n_layer = 6
 n_head = 4
 n_embd = 128
 dropout = 0.0
