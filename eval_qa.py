@@ -11,13 +11,15 @@ layout and answered greedily (KV cache) until the end of the answer's line, in t
                 and MRR@10 against the question's own passage are reported beside EM/F1
 
 With a passage (reading, open), a model with a span head (train.py --span_head) answers with the
-best span of whole words of the passage (kazgpt/engine.py's read_span), and the per-question output
-gives where it starts; without one (or with --span_head=False), the answer is generated and kept
-to a span of the passage, the model choosing where it starts and stops (--extractive=True,
-SpanConstraint); --extractive=False lets the model write anything. Answers are
-scored with Exact Match and token F1, SQuAD-style, normalized for Kazakh (lower-casing that
-covers әғқңөұүһі, punctuation turned into spaces so that 'Г.Мендель' is two words, spaces
-collapsed; with several gold answers the best one counts).
+best span of whole words of the passage (kazgpt/engine.py's read_span), one that does not start
+with a digit where the question asks for no number (qa_examples.asks_for_number: who, what, which,
+where or how, and no word of quantity or time), and the per-question output gives where it
+starts; without one (or with --span_head=False), the answer is generated and kept to a span of the
+passage, the model choosing where it starts and stops (--extractive=True, SpanConstraint);
+--extractive=False lets the model write anything. Answers are scored with Exact Match and token
+F1, SQuAD-style, normalized for Kazakh (lower-casing that covers әғқңөұүһі, punctuation turned into
+spaces so that 'Г.Мендель' is two words, spaces collapsed; with several gold answers the best one
+counts).
 
     python eval_qa.py --out_dir=out-qazdata-char --source=../shared/kazqad --split=validation
     python eval_qa.py --out_dir=out-qa --modes=open --collection=passages.txt
@@ -44,7 +46,7 @@ from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import first_line, line_end_tokens, passage_constraint, read_span, stream_text
 from kazgpt.files import atomic_write
 from kazgpt.kazqad import clean_question, format_qa, held_out_examples, nfc, passage_key, source_or_env
-from kazgpt.qa_examples import encode_prompt, question_matches, question_prompt
+from kazgpt.qa_examples import asks_for_number, encode_prompt, question_matches, question_prompt
 from kazgpt.retrieval import Passage, PassageIndex, kazqad_collection, open_index, read_collection
 from kazgpt.metrics import exact_match, token_f1
 
@@ -170,7 +172,8 @@ def main(argv: list[str]) -> None:
             return None
         matches = question_matches(tokenizer, ids, passage) if model.config.span_head else None  # a reader's input
         if passage and model.config.span_head and cfg.span_head:
-            text, at = read_span(model, tokenizer, ids, passage, device, matches)
+            number = asks_for_number(tokenizer.decode(ids[:passage[0]]))  # the question line
+            text, at = read_span(model, tokenizer, ids, passage, device, matches, number)
             return text, {"span_at": at}
         constraint = passage_constraint(tokenizer, ids, passage, end_tokens) if cfg.extractive else None
         return "".join(first_line(stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype,

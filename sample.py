@@ -26,7 +26,7 @@ from kazgpt.cli import UserError, run_main
 from kazgpt.device import resolve_device, resolve_dtype
 from kazgpt.engine import decode_one_token, first_line, line_end_tokens, passage_constraint, read_span, stream_text
 from kazgpt.kazqad import nfc
-from kazgpt.qa_examples import encode_prompt, question_matches, question_prompt
+from kazgpt.qa_examples import asks_for_number, encode_prompt, question_matches, question_prompt
 from kazgpt.retrieval import PassageIndex, open_index, read_collection
 
 
@@ -160,7 +160,8 @@ def main(argv: list[str]) -> None:
         or read off it by a span head (then shown in its place)."""
         matches = question_matches(tokenizer, ids, passage) if model.config.span_head else None  # a reader's input
         if passage and model.config.span_head:
-            text, at = read_span(model, tokenizer, ids, passage, device, matches)
+            number = asks_for_number(tokenizer.decode(ids[:passage[0]]))  # the question line
+            text, at = read_span(model, tokenizer, ids, passage, device, matches, number)
             return iter([f" {text}\n", shown_span(text, at, tokenizer.decode(ids[passage[0]:passage[1]]))])
         constraint = passage_constraint(tokenizer, ids, passage, end_tokens) if extract else None
         return stream_text(model, tokenizer, ids, cfg.max_new_tokens, device, dtype, cfg.temperature, cfg.top_k,

@@ -215,10 +215,11 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, may_start: t
 
 @torch.no_grad()
 def read_span(model: GPT, tokenizer: Tokenizer, ids: list[int], passage: tuple[int, int],
-              device: str, matches: Optional[list[bool]] = None) -> tuple[str, int]:
+              device: str, matches: Optional[list[bool]] = None, number: bool = True) -> tuple[str, int]:
     """A span head's answer to a reading prompt (ids, with the title and passage at ids[a:b], and
     their question matches): the text of the best span of whole words there, and where it starts in
-    that text ('' and -1 if the passage has no word)."""
+    that text ('' and -1 if the passage has no word). number=False (a question that asks for none,
+    qa_examples.asks_for_number): the span does not start with a digit."""
     a, b = passage
     pieces = [tokenizer.decode([t]) for t in ids[a:b]]
     starts = word_starts(pieces) + [True]  # a word starts after the passage's end
@@ -227,7 +228,8 @@ def read_span(model: GPT, tokenizer: Tokenizer, ids: list[int], passage: tuple[i
     span_logits = span_logits[0, a:b].cpu()  # (P, 2)
     # a span starts and ends on a letter or digit (U+FFFD: part of one, from a byte-level token)
     is_text = torch.tensor([any(c.isalnum() or c == "\ufffd" for c in p) for p in pieces])
-    span = best_span(span_logits[:, 0], span_logits[:, 1], torch.tensor(starts[:-1]) & is_text,
+    may_start = torch.tensor([number or not p.lstrip()[:1].isdigit() for p in pieces])
+    span = best_span(span_logits[:, 0], span_logits[:, 1], torch.tensor(starts[:-1]) & is_text & may_start,
                      torch.tensor(starts[1:]) & is_text, MAX_SPAN_TOKENS)
     if span is None:
         return "", -1
