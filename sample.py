@@ -88,6 +88,8 @@ def prompt_tokens(tokenizer, prompt: str, asking: bool) -> tuple[list[int], Opti
 
 def shown_span(answer: str, at: int, text: str) -> str:
     """The answer marked in the passage text it was read from, with a few words around it."""
+    if at < 0:
+        return "[no span of the passage fits this question]"
     before, after = text[:at].split()[-6:], text[at + len(answer):].split()[:6]
     return f"[read at character {at}: ...{' '.join(before)} «{answer}» {' '.join(after)}...]"
 

@@ -119,6 +119,10 @@ def test_span_head_reads_answers_off_the_passage(trained_char, tmp_path):
     shown = lines[shown]
     at = int(shown.removeprefix("[read at character ").split(":")[0])
     assert answer and f"«{answer}»" in shown and f"{title}\n{passage}"[at:at + len(answer)] == answer
+    # what is asked is no number and the passage holds nothing else: no answer, and it says so
+    lines = run("sample.py", f"--out_dir={out}", "--device=cpu", "--context=105\n105 105", "--start=Өзен не?",
+                "--num_samples=1").stdout.splitlines()
+    assert "Өзен не?:" in [line.rstrip() for line in lines] and "[no span of the passage fits this question]" in lines
 
 
 def test_plot(trained_char, tmp_path):
